@@ -163,7 +163,7 @@ def _plot_curves(ax: Axes, epochs: np.ndarray, curves: Mapping[str, np.ndarray],
     ax.set_xlabel("Epoch")
     ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, epochs[-1] + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend()
 
