@@ -1,0 +1,14 @@
+"""gearfeat: fast, dependable transfer learning for image classification.
+
+Data flow: images (:mod:`~gearfeat.images`, :mod:`~gearfeat.dataset`) -> features cache
+(:mod:`~gearfeat.extractor`, :mod:`~gearfeat.cache`) -> heads and baseline (:mod:`~gearfeat.heads`,
+:mod:`~gearfeat.baseline`) -> stitched model (:mod:`~gearfeat.stitch`) -> predictions and report
+(:mod:`~gearfeat.predict`, :mod:`~gearfeat.report`).
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
+
+__version__ = "0.1.0"
+
+from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to

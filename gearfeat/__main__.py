@@ -1,0 +1,6 @@
+"""``python -m gearfeat``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,163 @@
+"""A registry of the Keras Applications usable as frozen feature extractors (timm-style list/create)."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+from .errors import GearfeatError
+
+A = keras.applications
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What gearfeat needs to know about one Keras Application."""
+
+    name: str
+    factory: Callable[..., keras.Model]
+    native_size: int
+    preprocess: str  # a key of gearfeat.layers.PREPROCESSORS
+    features: int  # width of the pooled features (at alpha 1.0 for the MobileNets)
+    has_alpha: bool = False
+    extra_kwargs: tuple = ()  # fixed keyword arguments, e.g. include_preprocessing
+
+
+# name, keras.applications attribute, native input size, preprocessing mode, pooled feature width
+_TABLE = [
+    ("mobilenet", "MobileNet", 224, "tf", 1024),
+    ("mobilenet_v2", "MobileNetV2", 224, "tf", 1280),
+    ("mobilenet_v3_small", "MobileNetV3Small", 224, "none", 576),
+    ("mobilenet_v3_large", "MobileNetV3Large", 224, "none", 960),
+    ("efficientnet_b0", "EfficientNetB0", 224, "none", 1280),
+    ("efficientnet_b1", "EfficientNetB1", 240, "none", 1280),
+    ("efficientnet_b2", "EfficientNetB2", 260, "none", 1408),
+    ("efficientnet_b3", "EfficientNetB3", 300, "none", 1536),
+    ("efficientnet_b4", "EfficientNetB4", 380, "none", 1792),
+    ("efficientnet_b5", "EfficientNetB5", 456, "none", 2048),
+    ("efficientnet_b6", "EfficientNetB6", 528, "none", 2304),
+    ("efficientnet_b7", "EfficientNetB7", 600, "none", 2560),
+    ("efficientnet_v2_b0", "EfficientNetV2B0", 224, "none", 1280),
+    ("efficientnet_v2_b1", "EfficientNetV2B1", 240, "none", 1280),
+    ("efficientnet_v2_b2", "EfficientNetV2B2", 260, "none", 1408),
+    ("efficientnet_v2_b3", "EfficientNetV2B3", 300, "none", 1536),
+    ("efficientnet_v2_s", "EfficientNetV2S", 384, "none", 1280),
+    ("efficientnet_v2_m", "EfficientNetV2M", 480, "none", 1280),
+    ("efficientnet_v2_l", "EfficientNetV2L", 480, "none", 1280),
+    ("resnet50", "ResNet50", 224, "caffe", 2048),
+    ("resnet101", "ResNet101", 224, "caffe", 2048),
+    ("resnet152", "ResNet152", 224, "caffe", 2048),
+    ("resnet50_v2", "ResNet50V2", 224, "tf", 2048),
+    ("resnet101_v2", "ResNet101V2", 224, "tf", 2048),
+    ("resnet152_v2", "ResNet152V2", 224, "tf", 2048),
+    ("densenet121", "DenseNet121", 224, "torch", 1024),
+    ("densenet169", "DenseNet169", 224, "torch", 1664),
+    ("densenet201", "DenseNet201", 224, "torch", 1920),
+    ("vgg16", "VGG16", 224, "caffe", 512),
+    ("vgg19", "VGG19", 224, "caffe", 512),
+    ("inception_v3", "InceptionV3", 299, "tf", 2048),
+    ("inception_resnet_v2", "InceptionResNetV2", 299, "tf", 1536),
+    ("xception", "Xception", 299, "tf", 2048),
+    ("nasnet_mobile", "NASNetMobile", 224, "tf", 1056),
+    ("nasnet_large", "NASNetLarge", 331, "tf", 4032),
+    ("convnext_tiny", "ConvNeXtTiny", 224, "none", 768),
+    ("convnext_small", "ConvNeXtSmall", 224, "none", 768),
+    ("convnext_base", "ConvNeXtBase", 224, "none", 1024),
+    ("convnext_large", "ConvNeXtLarge", 224, "none", 1536),
+    ("convnext_xlarge", "ConvNeXtXLarge", 224, "none", 2048),
+]
+_WITH_ALPHA = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"}
+# Applications whose preprocessing is built into the model only when asked (their "none" mode relies on it).
+_BUILT_IN_PREPROCESSING = ("MobileNetV3", "EfficientNetV2", "ConvNeXt")
+
+_REGISTRY: dict[str, BackboneSpec] = {
+    name: BackboneSpec(
+        name, getattr(A, attr), size, mode, width, has_alpha=name in _WITH_ALPHA,
+        extra_kwargs=(("include_preprocessing", True),) if attr.startswith(_BUILT_IN_PREPROCESSING) else (),
+    )
+    for name, attr, size, mode, width in _TABLE
+}
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name`` (case-insensitive; '-' and '_' alike)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise GearfeatError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    return _REGISTRY[key]
+
+
+@lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(weights: str | os.PathLike | None) -> str:
+    """"imagenet", "random" (for None) or "sha256:<hex>" of a local weights file: part of the cache key."""
+    if weights is None:
+        return "random"
+    if str(weights) == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise GearfeatError(f"weights file not found: {path} (pass 'imagenet', 'none' or the path of a .h5 file)")
+    stat = path.stat()
+    return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def parse_weights(value: str | os.PathLike | None) -> str | None:
+    """Normalize a --weights value: 'imagenet', None (from 'none'/'random') or a file path."""
+    if value is None or str(value).lower() in ("none", "random"):
+        return None
+    if str(value).lower() == "imagenet":
+        return "imagenet"
+    return str(value)
+
+
+def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet", input_size: int | None = None,
+                    alpha: float | None = None, pooling: str = "avg") -> keras.Model:
+    """Build the headless application ``name`` with global pooling, frozen (``trainable=False``).
+
+    ``weights`` is "imagenet" (downloaded by Keras on a connected machine), None (random) or a local file.
+    """
+    spec = get_spec(name)
+    size = input_size or spec.native_size
+    kwargs = dict(spec.extra_kwargs, include_top=False, weights=weights, input_shape=(size, size, 3),
+                  pooling=pooling)
+    if alpha is not None:
+        if not spec.has_alpha:
+            raise GearfeatError(f"backbone {spec.name!r} has no width multiplier; drop --alpha {alpha}")
+        kwargs["alpha"] = alpha
+    if weights not in (None, "imagenet"):
+        weights_identity(weights)  # clear error for a missing file
+        kwargs["weights"] = str(weights)
+    try:
+        model = spec.factory(**kwargs)
+    except ValueError as exc:
+        raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "
+                            f"{_first_line(exc)}") from None
+    except Exception as exc:  # Keras's download failure is a bare Exception
+        if weights == "imagenet" and "fetch" in str(exc).lower():
+            raise GearfeatError(f"cannot download ImageNet weights for {spec.name} (offline?); pass a local "
+                                "weights file with --weights PATH (or --weights none for random)") from None
+        raise
+    model.trainable = False
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,195 @@
+"""The HDF5 bottleneck-feature cache, keyed by content and fingerprinted like Hugging Face datasets.
+
+One file per *fingerprint*: a hash of everything that determines the features (backbone, alpha, weights
+identity, image and backbone sizes, pooling, preprocessing version and library versions), so features of
+different settings are never mixed. Rows are keyed by the sha256 of each image's bytes: an image already in
+the cache is never run through the backbone again, whatever its path.
+
+Crash safety: rows are appended in short open-write-close sessions and only the rows counted by the
+``n_rows`` attribute (written last) are valid, so an interrupted extraction never reads as complete and the
+next run resumes after the last committed row. Every row carries a digest of its feature bytes; a file that
+fails its structure or digest check is moved aside and rebuilt. An exclusive file lock serializes writers
+across processes; readers take a shared lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from .errors import GearfeatError
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_CHUNK_ROWS = 256
+
+
+def _settings_json(attrs: Mapping[str, object]) -> str:
+    return json.dumps(dict(attrs), sort_keys=True, default=str)
+
+
+def fingerprint(attrs: Mapping[str, object]) -> str:
+    """A short stable hash of the attributes that determine the features."""
+    return hashlib.sha256(_settings_json(attrs).encode()).hexdigest()[:16]
+
+
+def row_digest(features: np.ndarray) -> np.ndarray:
+    """Per-row 8-byte blake2b digests of float32 feature rows, as an (N,) array of bytes."""
+    rows = np.ascontiguousarray(features, dtype=np.float32)
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows], dtype="S8")
+
+
+class CacheCorrupt(Exception):
+    """A cache file failed its structure or checksum verification."""
+
+
+class FeatureCache:
+    """An HDF5 file of features keyed by image sha256. Use :meth:`open` (with its lock) to get one."""
+
+    def __init__(self, path: Path, attrs: Mapping[str, object]):
+        self.path = Path(path)
+        self.attrs = dict(attrs)
+        self._index: dict[str, int] = {}
+        self.n_rows = 0
+        self.dim: int | None = None
+
+    # ----------------------------------------------------------------- locating and locking
+    @staticmethod
+    def path_for(cache_dir: str | os.PathLike, attrs: Mapping[str, object]) -> Path:
+        """The cache file for these attributes: ``CACHE_DIR/<backbone>-<fingerprint>.h5``."""
+        return Path(cache_dir) / f"{attrs.get('backbone', 'features')}-{fingerprint(attrs)}.h5"
+
+    @classmethod
+    @contextmanager
+    def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *, write: bool = True,
+             log=None) -> Iterator["FeatureCache"]:
+        """Lock (exclusive for writers, shared for readers), verify and load the index of a cache file."""
+        path = cls.path_for(cache_dir, attrs)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(path.with_suffix(".lock"), "a+")
+        except OSError as exc:
+            raise GearfeatError(f"cannot use cache folder {path.parent}: {exc.strerror}; "
+                                "pass a writable --cache-dir") from None
+        with lock:
+            mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
+            try:
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                (log or _stderr)(f"waiting for another gearfeat process using {path.name} ...")
+                fcntl.flock(lock, mode)
+            try:
+                cache = cls(path, attrs)
+                cache._load(log or _stderr)
+                yield cache
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # ----------------------------------------------------------------- reading
+    def _load(self, log) -> None:
+        if not self.path.exists():
+            return
+        try:
+            self._verify_and_index()
+        except CacheCorrupt as exc:
+            aside = self.path.with_suffix(".corrupt")
+            os.replace(self.path, aside)
+            log(f"warning: cache {self.path} failed verification ({exc}); moved to {aside.name} and rebuilding")
+            self._index, self.n_rows, self.dim = {}, 0, None
+
+    def _verify_and_index(self) -> None:
+        try:
+            with h5py.File(self.path, "r") as f:
+                n = int(f.attrs.get("n_rows", -1))
+                if f.attrs.get("settings") != _settings_json(self.attrs):
+                    raise CacheCorrupt(f"settings differ from the expected {_settings_json(self.attrs)}")
+                needed = ("features", "sha256", "digest", "path", "label")
+                if n < 0 or any(k not in f for k in needed) or any(f[k].shape[0] < n for k in needed):
+                    raise CacheCorrupt("missing or short datasets")
+                features = f["features"][:n]
+                digests = f["digest"][:n]
+                hashes = f["sha256"][:n]
+        except CacheCorrupt:
+            raise
+        except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
+            raise CacheCorrupt(f"unreadable HDF5: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        if not np.array_equal(row_digest(features), digests):
+            bad = int(np.argmax(row_digest(features) != digests))
+            raise CacheCorrupt(f"feature checksum mismatch at row {bad}")
+        self.n_rows, self.dim = n, (features.shape[1] if n else None)
+        self._index = {h.decode(): i for i, h in enumerate(hashes)}
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._index
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def rows(self, hashes: list[str]) -> np.ndarray:
+        """Row numbers of these image hashes (KeyError for one not cached)."""
+        return np.array([self._index[h] for h in hashes], dtype=np.int64)
+
+    def read(self, hashes: list[str]) -> np.ndarray:
+        """The (N, D) float32 features of these image hashes, in the order given."""
+        rows = self.rows(hashes)
+        if len(rows) == 0:
+            return np.zeros((0, self.dim or 0), np.float32)
+        unique = np.unique(rows)  # h5py reads increasing indexes only
+        with h5py.File(self.path, "r") as f:
+            block = f["features"][unique]
+        return block[np.searchsorted(unique, rows)]
+
+    # ----------------------------------------------------------------- writing
+    def append(self, hashes: list[str], features: np.ndarray, paths: list[str], labels: list[str]) -> None:
+        """Commit new rows: data first, then the ``n_rows`` counter, each append in its own file session."""
+        features = np.asarray(features, dtype=np.float32)
+        n_new, dim = features.shape
+        if self.dim is not None and dim != self.dim:
+            raise GearfeatError(f"feature width {dim} does not match cache {self.path} ({self.dim})")
+        with h5py.File(self.path, "a") as f:
+            if "features" not in f:
+                self._create(f, dim)
+            start, stop = self.n_rows, self.n_rows + n_new
+            for key, values in (("features", features), ("sha256", np.array(hashes, dtype="S64")),
+                                ("digest", row_digest(features)), ("path", paths), ("label", labels)):
+                ds = f[key]
+                if ds.shape[0] < stop:
+                    ds.resize(stop, axis=0)
+                ds[start:stop] = values
+            f.flush()
+            f.attrs["n_rows"] = stop
+        self._index.update({h: start + i for i, h in enumerate(hashes)})
+        self.n_rows, self.dim = stop, dim
+
+    def _create(self, f: h5py.File, dim: int) -> None:
+        for key, value in self.attrs.items():  # one attribute each for people browsing the file
+            f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        f.attrs["settings"] = _settings_json(self.attrs)
+        f.attrs["n_rows"] = 0
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.create_dataset("features", (0, dim), np.float32, maxshape=(None, dim), chunks=(_CHUNK_ROWS, dim))
+        f.create_dataset("sha256", (0,), "S64", maxshape=(None,), chunks=(4096,))
+        f.create_dataset("digest", (0,), "S8", maxshape=(None,), chunks=(4096,))
+        f.create_dataset("path", (0,), _STR, maxshape=(None,), chunks=(1024,))
+        f.create_dataset("label", (0,), _STR, maxshape=(None,), chunks=(1024,))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> Path:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,169 @@
+"""The ``gearfeat`` command line (also ``python -m gearfeat``).
+
+Exit status: 0 success; 1 error (one line on stderr); 2 bad usage; 3 success but some input files were
+skipped (listed on stderr and in skipped.json); 130 interrupted (the cache keeps what was computed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import GearfeatError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ option groups
+def add_extractor_options(parser: argparse.ArgumentParser) -> None:
+    """Options that determine the features (and so the cache file)."""
+    g = parser.add_argument_group("backbone and cache")
+    g.add_argument("--backbone", default="mobilenet_v2", help="Keras Application name (see `gearfeat backbones`)")
+    g.add_argument("--alpha", type=float, default=None, help="width multiplier of the MobileNets")
+    g.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (Keras download), 'none' (random) or the path of a local weights .h5")
+    g.add_argument("--image-size", type=int, default=128, help="standardized square image size (default 128)")
+    g.add_argument("--backbone-size", type=int, default=None,
+                   help="size the first Lambda layer upscales to (default: the backbone's native size)")
+    g.add_argument("--cache-dir", default="cache", help="feature cache folder (default ./cache)")
+    g.add_argument("--batch-size-extract", type=int, default=None, help="images per backbone batch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("split")
+    g.add_argument("--val-fraction", type=float, default=0.15)
+    g.add_argument("--test-fraction", type=float, default=0.15)
+    g.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
+
+
+def add_head_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("dense head")
+    g.add_argument("--hidden", type=_int_list, default=(256,), help="hidden layer sizes, e.g. 512,128 or '' (none)")
+    g.add_argument("--dropout", type=float, default=0.3)
+    g.add_argument("--l2", type=float, default=1e-4)
+    g.add_argument("--batch-norm", action="store_true")
+    g.add_argument("--learning-rate", type=float, default=1e-3)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--epochs", type=int, default=60)
+    g.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    g.add_argument("--baseline", default="logreg", help="scikit-learn baseline: logreg, linear_svc or svc")
+    g.add_argument("--baseline-c", type=float, default=1.0, help="C of the baseline estimator")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def extractor_config(args: argparse.Namespace):
+    from .extractor import ExtractorConfig
+    return ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
+                           image_size=args.image_size, backbone_size=args.backbone_size)
+
+
+def dense_head(args: argparse.Namespace):
+    from .heads import DenseHead
+    return DenseHead(hidden=args.hidden, dropout=args.dropout, l2=args.l2, batch_norm=args.batch_norm,
+                     learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
+                     patience=args.patience, seed=args.seed)
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .backbones import get_spec, list_backbones
+    print(f"{'name':22} {'size':>5} {'features':>8}  preprocessing  alpha")
+    for name in list_backbones():
+        s = get_spec(name)
+        print(f"{name:22} {s.native_size:5d} {s.features:8d}  {s.preprocess:13}  {'yes' if s.has_alpha else ''}")
+    return EXIT_OK
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .train import extract_dataset
+    extraction = extract_dataset(args.data_dir, extractor_config(args), cache_dir=args.cache_dir,
+                                 batch_size=args.batch_size_extract, progress=not args.no_progress, log=_log)
+    print(extraction.cache_path)
+    return EXIT_SKIPPED if extraction.skipped else EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import SplitConfig, train
+    result = train(args.data_dir, args.out, config=extractor_config(args), head=dense_head(args),
+                   split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
+                   baseline_c=args.baseline_c, cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
+    print(result.run_dir / "model.h5")
+    return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_images
+    predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
+    if args.plot:
+        _log(f"wrote {args.plot}")
+    return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="gearfeat", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gearfeat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backbones", help="list the Keras Applications gearfeat can use")
+    p.set_defaults(run=cmd_backbones)
+
+    p = sub.add_parser("extract", help="fill the feature cache for a dataset folder")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    add_extractor_options(p)
+    p.set_defaults(run=cmd_extract)
+
+    p = sub.add_parser("train", help="extract (or reuse) features, train head and baseline, save model.h5")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, help="run folder to write")
+    add_extractor_options(p)
+    add_split_options(p)
+    add_head_options(p)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("predict", help="classify images with a saved model")
+    p.add_argument("model", help="a .h5 model written by gearfeat")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="print a JSON array of {path, label, confidence}")
+    p.add_argument("--plot", default=None, help="also draw the predictions as a grid in this PNG")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load with safe_mode=False (runs code stored in the file: only for files you trust)")
+    p.set_defaults(run=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gearfeat`` console command."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except GearfeatError as exc:
+        _log(f"gearfeat: error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _log("gearfeat: interrupted; what was computed is kept in the cache, run again to resume")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

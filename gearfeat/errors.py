@@ -1,0 +1,14 @@
+"""Errors that gearfeat reports to the user as one clear line (no traceback)."""
+
+
+class GearfeatError(Exception):
+    """A problem the user can fix; its message is one line: what, where, what to do."""
+
+
+class ImageError(GearfeatError):
+    """An image file that cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

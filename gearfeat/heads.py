@@ -1,0 +1,108 @@
+"""Dense classification heads trained on cached features, as scikit-learn-style estimators."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from .errors import GearfeatError
+
+
+class DenseHead(ClassifierMixin, BaseEstimator):
+    """A small dense network on pooled backbone features: ``fit`` / ``predict`` / ``predict_proba`` / ``score``.
+
+    Early stopping watches the validation loss and restores the best weights; ``history_`` holds the
+    per-epoch average training and validation loss and accuracy.
+    """
+
+    def __init__(self, hidden: Sequence[int] = (256,), dropout: float = 0.3, l2: float = 1e-4,
+                 batch_norm: bool = False, learning_rate: float = 1e-3, batch_size: int = 64,
+                 epochs: int = 60, patience: int = 8, seed: int = 0, verbose: int = 0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.l2 = l2
+        self.batch_norm = batch_norm
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.patience = patience
+        self.seed = seed
+        self.verbose = verbose
+
+    def _validate(self) -> None:
+        checks = {
+            "hidden": all(isinstance(h, (int, np.integer)) and h > 0 for h in self.hidden),
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "l2": self.l2 >= 0,
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": int(self.batch_size) >= 1,
+            "epochs": int(self.epochs) >= 1,
+            "patience": int(self.patience) >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise GearfeatError(f"invalid head parameter {name}={getattr(self, name)!r}")
+
+    def build(self, n_features: int, n_classes: int) -> keras.Model:
+        """The uncompiled head model: features -> [Dense -> (BatchNorm) -> ReLU -> Dropout]* -> softmax."""
+        regularizer = keras.regularizers.l2(self.l2) if self.l2 else None
+        inputs = keras.Input((n_features,), name="features")
+        x = inputs
+        for i, units in enumerate(self.hidden):
+            x = keras.layers.Dense(int(units), use_bias=not self.batch_norm, kernel_regularizer=regularizer,
+                                   name=f"head_dense_{i}")(x)
+            if self.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
+            x = keras.layers.Activation("relu", name=f"head_relu_{i}")(x)
+            if self.dropout:
+                x = keras.layers.Dropout(self.dropout, name=f"head_dropout_{i}")(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer,
+                                     name="head_output")(x)
+        return keras.Model(inputs, outputs, name="head")
+
+    def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            n_classes: int | None = None) -> "DenseHead":
+        """Train on features ``X`` (N, D) and integer labels ``y``; stop early on ``validation_data``."""
+        self._validate()
+        X, y = _check_xy(X, y)
+        self.n_classes_ = int(n_classes or y.max() + 1)
+        self.classes_ = np.arange(self.n_classes_)
+        keras.utils.set_random_seed(self.seed)
+        self.model_ = self.build(X.shape[1], self.n_classes_)
+        compile_model(self.model_, self.learning_rate)
+        callbacks = []
+        if validation_data is not None:
+            validation_data = _check_xy(*validation_data)
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
+                                                           restore_best_weights=True))
+        fitted = self.model_.fit(X, y, validation_data=validation_data, batch_size=int(self.batch_size),
+                                 epochs=int(self.epochs), callbacks=callbacks, shuffle=True, verbose=self.verbose)
+        self.history_ = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+        # EarlyStopping restores the best epoch's weights when training ends, stopped early or not
+        self.best_epoch_ = callbacks[0].best_epoch + 1 if callbacks else len(self.history_["loss"])
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, n_classes)."""
+        return np.asarray(self.model_.predict(np.asarray(X, np.float32), batch_size=1024, verbose=0))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted class indexes (N,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Compile a classifier with Adam, sparse categorical cross-entropy and accuracy (keywords: Keras 3)."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(np.int64)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y) or len(X) == 0:
+        raise GearfeatError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
+    return X, y

@@ -1,0 +1,83 @@
+"""A run folder: the artifacts of one training run, with a manifest of their sha256 digests.
+
+joblib/pickle files execute code when loaded, so gearfeat loads them only from run folders it wrote
+itself, after checking the digest recorded in ``manifest.json`` at write time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from .cache import write_json_atomic
+from .errors import GearfeatError
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunDir:
+    """The output folder of a run: writes artifacts and records their digests in ``manifest.json``."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = False):
+        self.path = Path(path)
+        if create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise GearfeatError(f"cannot create run folder {self.path}: {exc.strerror}") from None
+        elif not (self.path / MANIFEST).is_file():
+            raise GearfeatError(f"{self.path} is not a gearfeat run folder (no {MANIFEST}); pass the --out "
+                                "folder of a gearfeat run")
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def manifest(self) -> dict[str, str]:
+        file = self.path / MANIFEST
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def record(self, name: str) -> Path:
+        """Record the digest of an artifact written into the folder; returns its path."""
+        manifest = self.manifest()
+        manifest[name] = file_sha256(self.path / name)
+        write_json_atomic(self.path / MANIFEST, manifest)
+        return self.path / name
+
+    def write_json(self, name: str, payload: Any) -> Path:
+        write_json_atomic(self.path / name, payload)
+        return self.record(name)
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError) as exc:
+            raise GearfeatError(f"cannot read {self.path / name}: {exc}") from None
+
+    def save_joblib(self, obj: Any, name: str) -> Path:
+        joblib.dump(obj, self.path / name)
+        return self.record(name)
+
+    def load_joblib(self, name: str) -> Any:
+        """Load a joblib artifact only if its bytes match the digest recorded when gearfeat wrote it."""
+        path = self.path / name
+        expected = self.manifest().get(name)
+        if expected is None:
+            raise GearfeatError(f"refusing to load {path}: not recorded in {self.path / MANIFEST} (gearfeat "
+                                "loads pickled files only from its own runs)")
+        if not path.is_file() or file_sha256(path) != expected:
+            raise GearfeatError(f"refusing to load {path}: its sha256 does not match the one recorded when it "
+                                "was written (modified or replaced?)")
+        return joblib.load(path)

@@ -1,0 +1,76 @@
+"""Stitch backbone and head into one compiled Keras model, save it as .h5 and load it back safely."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+
+from .errors import GearfeatError
+from .heads import compile_model
+
+_META_KEY = "gearfeat"
+
+
+def stitch(extractor: keras.Model, head: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """One compiled model: image -> upscale -> preprocess -> frozen backbone -> trained head -> probabilities."""
+    outputs = head(extractor.output)
+    model = keras.Model(extractor.input, outputs, name="gearfeat_classifier")
+    return compile_model(model, learning_rate)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[str], **meta: Any) -> Path:
+    """Save a compiled model as ``.h5`` with its class names (and ``meta``) stored inside the file."""
+    path = Path(path)
+    if path.suffix != ".h5":
+        raise GearfeatError(f"model path must end in .h5, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+        model.save(tmp)
+    with h5py.File(tmp, "a") as f:
+        f.attrs[_META_KEY] = json.dumps({"class_names": list(class_names), **meta})
+    os.replace(tmp, path)
+    return path
+
+
+def model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The gearfeat metadata stored in a saved model (``class_names`` and whatever was saved with it)."""
+    path = _existing(path)
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(_META_KEY)
+    except OSError as exc:
+        raise GearfeatError(f"{path}: not a readable .h5 model file ({str(exc).splitlines()[0]})") from None
+    return json.loads(raw) if raw else {}
+
+
+def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool = True) -> keras.Model:
+    """Load a saved gearfeat (or any Keras ``.h5``) model with Keras's ``safe_mode`` on by default.
+
+    A file whose ``Lambda`` layers carry Python bytecode is refused unless ``safe_mode=False`` is passed
+    knowingly: loading it would run code from the file.
+    """
+    path = _existing(path)
+    try:
+        return keras.models.load_model(path, safe_mode=safe_mode, compile=compile)
+    except ValueError as exc:
+        if "lambda" in str(exc).lower() and "safe_mode" in str(exc):
+            raise GearfeatError(
+                f"{path}: refused to load, it contains a Lambda layer with Python bytecode that would run on "
+                "load; if you trust this file, pass --unsafe (safe_mode=False)") from None
+        raise GearfeatError(f"{path}: cannot load model: {str(exc).splitlines()[0]}") from None
+    except (OSError, KeyError, TypeError) as exc:
+        raise GearfeatError(f"{path}: not a loadable Keras model file ({str(exc).splitlines()[0]})") from None
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise GearfeatError(f"model file not found: {path}")
+    return path

@@ -1,0 +1,147 @@
+"""``gearfeat train``: dataset folder -> cached features -> dense head + baseline -> stitched ``model.h5``."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .baseline import make_baseline
+from .dataset import Dataset, scan_dataset, split_dataset, write_skipped
+from .extractor import ExtractorConfig, Extraction, FeatureExtractor
+from .heads import DenseHead
+from .images import load_image
+from .metrics import classification_metrics, max_abs_difference
+from .plots import plot_confusion, plot_history
+from .runs import RunDir
+from .stitch import save_model, stitch
+from .system import machine_summary
+
+STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to prove it equals the head
+
+
+@dataclass
+class SplitConfig:
+    """How the dataset is split: fractions of each class, seeded."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced: the run folder and its headline figures."""
+
+    run_dir: Path
+    metrics: dict
+    extraction: Extraction
+    skipped: list = field(default_factory=list)
+
+
+def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
+                    batch_size: int | None = None, progress: bool = True,
+                    log: Callable[[str], None] = print) -> Extraction:
+    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command)."""
+    dataset = scan_dataset(data_dir)
+    extractor = FeatureExtractor(config, progress=progress, **({"batch_size": batch_size} if batch_size else {}))
+    extraction = extractor.extract(dataset, cache_dir)
+    extraction.skipped = dataset.skipped + extraction.skipped
+    write_skipped(extraction.skipped, Path(extraction.cache_path).with_suffix(".skipped.json"))
+    for item in extraction.skipped:
+        log(f"skipped {item.path}: {item.reason}")
+    log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
+        f"{len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
+    return extraction
+
+
+def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: ExtractorConfig | None = None,
+          head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
+          baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
+
+    Writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
+    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (settings, sizes and wall times).
+    """
+    started = time.perf_counter()
+    config = config or ExtractorConfig()
+    head = head or DenseHead()
+    split = split or SplitConfig()
+    run = RunDir(out, create=True)
+    extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
+    dataset, X = extraction.dataset, extraction.features
+    y = dataset.labels
+    parts = split_dataset(dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
+                          seed=split.seed)
+    train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
+
+    t0 = time.perf_counter()
+    head.set_params(seed=split.seed).fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
+                                         n_classes=len(dataset.class_names))
+    head_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X[train_idx], y[train_idx])
+    baseline_seconds = time.perf_counter() - t0
+
+    head_proba = head.predict_proba(X[test_idx])
+    head_pred = head_proba.argmax(axis=1)
+    base_pred = base.predict(X[test_idx])
+    model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
+    stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
+
+    names = dataset.class_names
+    head_metrics = classification_metrics(y[test_idx], head_pred, names)
+    metrics = {
+        "test_accuracy": head_metrics["accuracy"],
+        "baseline_test_accuracy": float(np.mean(base_pred == y[test_idx])),
+        "val_accuracy": float(head.score(X[val_idx], y[val_idx])),
+        "per_class": head_metrics["per_class"],
+        "baseline": baseline,
+        "stitched_vs_head_max_abs_diff": stitch_delta,
+        "n_test": int(len(test_idx)),
+    }
+    save_model(model, run / "model.h5", names, image_size=config.image_size, backbone=config.backbone,
+               kind="transfer")
+    run.record("model.h5")
+    run.write_json("metrics.json", metrics)
+    run.write_json("history.json", head.history_)
+    plot_history(head.history_, run / "loss.png", title=f"Dense head on {config.backbone} features")
+    run.record("loss.png")
+    plot_confusion(y[test_idx], head_pred, names, run / "confusion.png")
+    run.record("confusion.png")
+    run.save_joblib(base, "baseline.joblib")
+    write_skipped(extraction.skipped, run / "skipped.json")
+    run.record("skipped.json")
+    run.write_json("run.json", {
+        "command": "train",
+        "data_dir": str(Path(data_dir).resolve()),
+        "extractor": asdict(config),
+        "cache": str(extraction.cache_path),
+        "head": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
+        "best_epoch": head.best_epoch_,
+        "epochs_run": len(head.history_["loss"]),
+        "split": asdict(split) | {name: int(len(idx)) for name, idx in parts.items()},
+        "class_names": names,
+        "n_images": len(dataset.records),
+        "n_skipped": len(extraction.skipped),
+        "images_computed": extraction.computed,
+        "images_reused": extraction.reused,
+        "seconds": {"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
+                    "total": time.perf_counter() - started},
+        "machine": machine_summary(),
+    })
+    log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
+        f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
+    return TrainResult(run.path, metrics, extraction, extraction.skipped)
+
+
+def _stitch_check(model, dataset: Dataset, indexes: np.ndarray, head_proba: np.ndarray, image_size: int) -> float:
+    """max |p_stitched - p_head| on the first test images: the stitched model must equal head(features)."""
+    if len(indexes) == 0:
+        return 0.0
+    images = np.stack([load_image(dataset.records[i].path, image_size) for i in indexes]).astype(np.float32)
+    return max_abs_difference(model.predict(images, batch_size=32, verbose=0), head_proba[: len(indexes)])
