@@ -1,0 +1,34 @@
+"""Shared fixtures: small generated image folders and a tiny random-weight backbone."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gearfeat.extractor import ExtractorConfig  # noqa: E402
+from gearfeat.shapes import make_shapes_dataset  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)
+
+
+def tiny_config(**overrides) -> ExtractorConfig:
+    """A MobileNetV2 (alpha 0.35, random weights) at 32 px: fast enough for unit tests."""
+    return ExtractorConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """3 classes x 20 generated 32 px images (read-only: copy it before changing it)."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", per_class=20, size=32, seed=0)
+
+
+@pytest.fixture
+def shapes_copy(shapes_dir, tmp_path) -> Path:
+    """A private, modifiable copy of the shapes dataset."""
+    import shutil
+    return Path(shutil.copytree(shapes_dir, tmp_path / "data"))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from gearfeat.backbones import create_backbone, get_spec, list_backbones, parse_weights, weights_identity
+from gearfeat.errors import GearfeatError
+
+
+def test_registry_covers_every_family():
+    names = set(list_backbones())
+    expected = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "vgg16", "vgg19",
+                "resnet50", "resnet101", "resnet152", "resnet50_v2", "resnet101_v2", "resnet152_v2",
+                "densenet121", "densenet169", "densenet201", "inception_v3", "inception_resnet_v2", "xception",
+                "nasnet_mobile", "nasnet_large", "convnext_tiny", "convnext_small", "convnext_base",
+                "convnext_large", "convnext_xlarge", "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"}
+    expected |= {f"efficientnet_b{i}" for i in range(8)} | {f"efficientnet_v2_b{i}" for i in range(4)}
+    assert expected <= names
+
+
+def test_lookup_is_forgiving_and_unknown_names_are_listed():
+    assert get_spec("MobileNet-V2").name == "mobilenet_v2"
+    with pytest.raises(GearfeatError, match="unknown backbone 'resnet9'.*mobilenet_v2"):
+        get_spec("resnet9")
+
+
+@pytest.mark.parametrize("name,size", [("mobilenet_v2", 32), ("efficientnet_b0", 32), ("densenet121", 32),
+                                       ("resnet50", 32), ("mobilenet_v3_small", 32)])
+def test_feature_width_matches_registry(name, size):
+    model = create_backbone(name, weights=None, input_size=size)
+    assert model.output_shape == (None, get_spec(name).features)
+    assert not model.trainable
+
+
+def test_alpha_scales_mobilenet_and_is_refused_elsewhere():
+    assert create_backbone("mobilenet", weights=None, input_size=32, alpha=0.25).output_shape == (None, 256)
+    with pytest.raises(GearfeatError, match="no width multiplier"):
+        create_backbone("resnet50", weights=None, alpha=0.5)
+
+
+def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid/weights.h5: None -- [Errno -3]")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.applications.mobilenet_v2.file_utils.get_file", offline)
+    with pytest.raises(GearfeatError) as info:
+        create_backbone("mobilenet_v2", weights="imagenet", input_size=96, alpha=0.35)
+    message = str(info.value)
+    assert "\n" not in message and "--weights PATH" in message and "mobilenet_v2" in message
+
+
+def test_bad_input_size_is_one_line_error():
+    with pytest.raises(GearfeatError, match="cannot build inception_v3"):
+        create_backbone("inception_v3", weights=None, input_size=40)
+
+
+def test_weights_identity(tmp_path):
+    assert weights_identity(None) == "random"
+    assert weights_identity("imagenet") == "imagenet"
+    f = tmp_path / "w.h5"
+    f.write_bytes(b"abc")
+    ident = weights_identity(f)
+    assert ident.startswith("sha256:ba7816bf")
+    f.write_bytes(b"abd")
+    assert weights_identity(f) != ident
+    with pytest.raises(GearfeatError, match="weights file not found"):
+        weights_identity(tmp_path / "missing.h5")
+
+
+def test_parse_weights():
+    assert parse_weights("none") is None and parse_weights("ImageNet") == "imagenet"
+    assert parse_weights("x.h5") == "x.h5"
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = create_backbone("mobilenet", weights=None, input_size=32, alpha=0.25)
+    path = tmp_path / "backbone.weights.h5"
+    source.save_weights(path)
+    loaded = create_backbone("mobilenet", weights=str(path), input_size=32, alpha=0.25)
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,100 @@
+import json
+import multiprocessing
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from gearfeat.cache import FeatureCache, fingerprint
+
+ATTRS = {"backbone": "tiny", "image_size": 32, "weights": "random", "preprocessing": "tf/v1"}
+
+
+def _rows(n, dim=4, offset=0):
+    hashes = [f"{i + offset:064x}" for i in range(n)]
+    return hashes, np.arange(n * dim, dtype=np.float32).reshape(n, dim) + offset
+
+
+def test_fingerprint_changes_with_every_attribute():
+    base = fingerprint(ATTRS)
+    assert fingerprint(dict(reversed(list(ATTRS.items())))) == base  # order does not matter
+    for key in ATTRS:
+        assert fingerprint({**ATTRS, key: "other"}) != base, key
+
+
+def test_append_read_and_reopen(tmp_path):
+    hashes, feats = _rows(10)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes[:6], feats[:6], [f"p{i}" for i in range(6)], ["a"] * 6)
+        cache.append(hashes[6:], feats[6:], [f"p{i}" for i in range(6, 10)], ["b"] * 4)
+    with FeatureCache.open(tmp_path, ATTRS, write=False) as cache:
+        assert len(cache) == 10 and hashes[3] in cache and "f" * 64 not in cache
+        order = [hashes[7], hashes[1], hashes[7]]
+        np.testing.assert_array_equal(cache.read(order), feats[[7, 1, 7]])
+    with h5py.File(FeatureCache.path_for(tmp_path, ATTRS)) as f:
+        assert f["path"][9].decode() == "p9" and f["label"][0].decode() == "a"
+        assert f.attrs["backbone"] == "tiny" and json.loads(f.attrs["settings"])["image_size"] == 32
+
+
+def test_rows_past_the_committed_count_are_ignored(tmp_path):
+    hashes, feats = _rows(5)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 5, ["a"] * 5)
+    path = FeatureCache.path_for(tmp_path, ATTRS)
+    with h5py.File(path, "a") as f:  # as if killed after writing data but before the counter
+        f.attrs["n_rows"] = 3
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        assert len(cache) == 3 and hashes[4] not in cache
+        cache.append(hashes[3:], feats[3:], ["p"] * 2, ["a"] * 2)
+        np.testing.assert_array_equal(cache.read(hashes), feats)
+
+
+@pytest.mark.parametrize("damage", ["flip_feature", "truncate", "garbage"])
+def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys):
+    hashes, feats = _rows(300, dim=8)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 300, ["a"] * 300)
+    path = FeatureCache.path_for(tmp_path, ATTRS)
+    if damage == "flip_feature":
+        with h5py.File(path, "a") as f:
+            f["features"][17, 3] = 1e9  # silently changed on disk: the row digest no longer matches
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(b"not an hdf5 file at all")
+    messages = []
+    with FeatureCache.open(tmp_path, ATTRS, log=messages.append) as cache:
+        assert len(cache) == 0
+    assert len(messages) == 1 and "failed verification" in messages[0] and "rebuilding" in messages[0]
+    assert path.with_suffix(".corrupt").exists()
+
+
+def test_settings_mismatch_inside_file_is_never_reused(tmp_path):
+    hashes, feats = _rows(3)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 3, ["a"] * 3)
+    path = FeatureCache.path_for(tmp_path, ATTRS)
+    with h5py.File(path, "a") as f:  # e.g. a file written by an older preprocessing version, renamed
+        f.attrs["settings"] = json.dumps({**ATTRS, "preprocessing": "tf/v0"}, sort_keys=True)
+    with FeatureCache.open(tmp_path, ATTRS, log=lambda m: None) as cache:
+        assert len(cache) == 0
+
+
+def _hold_lock(cache_dir, seconds, started):
+    with FeatureCache.open(cache_dir, ATTRS):
+        started.set()
+        time.sleep(seconds)
+
+
+def test_writers_are_serialized_across_processes(tmp_path):
+    started = multiprocessing.get_context("spawn").Event()
+    holder = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(tmp_path, 1.5, started))
+    holder.start()
+    assert started.wait(60)
+    messages = []
+    t0 = time.perf_counter()
+    with FeatureCache.open(tmp_path, ATTRS, log=messages.append):
+        waited = time.perf_counter() - t0
+    holder.join()
+    assert waited > 0.5 and messages and "waiting for another gearfeat process" in messages[0]

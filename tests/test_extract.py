@@ -1,0 +1,108 @@
+import shutil
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from gearfeat import extractor as extractor_module
+from gearfeat.cache import FeatureCache
+from gearfeat.dataset import scan_dataset
+from gearfeat.errors import GearfeatError
+from gearfeat.extractor import FeatureExtractor, build_extractor
+from gearfeat.shapes import make_shapes_dataset
+from gearfeat.stitch import load_model, save_model
+
+from conftest import tiny_config
+
+
+def test_extractor_first_layer_is_a_registered_lambda_that_upscales():
+    model = build_extractor(tiny_config(backbone_size=48))
+    first = model.layers[1]
+    assert isinstance(first, keras.layers.Lambda) and first.name == "upscale"
+    assert first.get_config()["function"]["config"] == "gearfeat>resize_images"
+    assert first.get_config()["arguments"] == {"size": 48}
+    assert not model.get_layer("backbone").trainable
+
+
+def test_extract_once_then_reuse_then_append(shapes_copy, tmp_path):
+    cache_dir = tmp_path / "cache"
+    fx = FeatureExtractor(tiny_config(), progress=False)
+    first = fx.extract(scan_dataset(shapes_copy), cache_dir)
+    assert (first.computed, first.reused) == (60, 0) and first.features.shape == (60, 1280)
+    again = fx.extract(scan_dataset(shapes_copy), cache_dir)
+    assert (again.computed, again.reused) == (0, 60)
+    np.testing.assert_array_equal(again.features, first.features)
+    make_shapes_dataset(tmp_path / "more", per_class=3, size=32, seed=99)
+    for kind in ("circle", "square", "triangle"):
+        for f in (tmp_path / "more" / kind).iterdir():
+            shutil.copy(f, shapes_copy / kind / f"new_{f.name}")
+    grown = fx.extract(scan_dataset(shapes_copy), cache_dir)
+    assert (grown.computed, grown.reused) == (9, 60)
+    assert len(list(cache_dir.glob("*.h5"))) == 1
+
+
+def test_features_equal_direct_model_output(shapes_dir, tmp_path):
+    from gearfeat.images import load_image
+    fx = FeatureExtractor(tiny_config(), progress=False, batch_size=7)
+    result = fx.extract(scan_dataset(shapes_dir), tmp_path)
+    images = np.stack([load_image(r.path, 32) for r in result.dataset.records]).astype(np.float32)
+    direct = fx.model.predict(images, verbose=0)
+    np.testing.assert_allclose(result.features, direct, atol=1e-5)
+
+
+def test_any_setting_change_gives_a_new_cache_file(shapes_dir, tmp_path):
+    paths = {FeatureCache.path_for(tmp_path, tiny_config(**change).cache_attrs())
+             for change in ({}, {"image_size": 40}, {"backbone_size": 40}, {"alpha": 0.5}, {"pooling": "max"})}
+    assert len(paths) == 5
+
+
+def test_duplicate_files_are_computed_once(shapes_copy, tmp_path):
+    src = shapes_copy / "circle" / "circle_0000.png"
+    shutil.copy(src, shapes_copy / "circle" / "copy_of_circle_0000.png")
+    result = FeatureExtractor(tiny_config(), progress=False).extract(scan_dataset(shapes_copy), tmp_path)
+    assert result.computed == 60 and len(result.dataset.records) == 61
+
+
+def test_interrupted_extraction_resumes_and_matches(shapes_dir, tmp_path, monkeypatch):
+    reference = FeatureExtractor(tiny_config(), progress=False).extract(scan_dataset(shapes_dir), tmp_path / "ref")
+    monkeypatch.setattr(extractor_module, "_COMMIT_SECONDS", 0.0)
+    fx = FeatureExtractor(tiny_config(), progress=False, batch_size=8)
+    calls = {"n": 0}
+    real = fx.features_of
+
+    def interrupted(images):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(images)
+
+    monkeypatch.setattr(fx, "features_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fx.extract(scan_dataset(shapes_dir), tmp_path / "c")
+    with FeatureCache.open(tmp_path / "c", tiny_config().cache_attrs()) as cache:
+        assert len(cache) == 24  # three committed batches of 8, nothing half-written
+    monkeypatch.setattr(fx, "features_of", real)
+    resumed = fx.extract(scan_dataset(shapes_dir), tmp_path / "c")
+    assert (resumed.computed, resumed.reused) == (36, 24)
+    np.testing.assert_allclose(resumed.features, reference.features, atol=1e-5)
+
+
+def test_undecodable_files_are_skipped_not_mislabelled(shapes_copy, tmp_path):
+    (shapes_copy / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    result = FeatureExtractor(tiny_config(), progress=False).extract(scan_dataset(shapes_copy), tmp_path)
+    assert [s.path.endswith("broken.png") for s in result.skipped] == [True]
+    assert len(result.dataset.records) == 60 and result.features.shape[0] == 60
+    assert all(not str(r.path).endswith("broken.png") for r in result.dataset.records)
+
+
+def test_extract_arrays_caches_by_content(tmp_path):
+    fx = FeatureExtractor(tiny_config(), progress=False)
+    images = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
+    feats, path = fx.extract_arrays(images, ["a"] * 10, tmp_path)
+    feats2, _ = fx.extract_arrays(images[::-1], ["a"] * 10, tmp_path)
+    np.testing.assert_array_equal(feats2, feats[::-1])
+    with h5py.File(path) as f:
+        assert f.attrs["n_rows"] == 10
+    with pytest.raises(GearfeatError, match="expected uint8 images of shape"):
+        fx.extract_arrays(images[:, :16], ["a"] * 10, tmp_path)

@@ -1,0 +1,128 @@
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from gearfeat.cli import main
+from gearfeat.errors import GearfeatError
+from gearfeat.heads import DenseHead
+from gearfeat.runs import RunDir
+from gearfeat.stitch import load_model, model_info
+from gearfeat.train import SplitConfig, train
+
+from conftest import tiny_config
+
+TINY_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+             "--backbone-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(shapes_dir, out / "run", config=tiny_config(), head=DenseHead(hidden=(32,), epochs=4),
+                   split=SplitConfig(seed=1), cache_dir=out / "cache", progress=False, log=lambda m: None)
+    return result
+
+
+def test_run_folder_has_every_artifact(run):
+    names = {p.name for p in run.run_dir.iterdir()}
+    assert {"model.h5", "metrics.json", "history.json", "loss.png", "confusion.png", "baseline.joblib",
+            "run.json", "skipped.json", "manifest.json"} <= names
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["baseline_test_accuracy"] <= 1
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    assert {"precision", "recall"} <= set(metrics["per_class"]["circle"])
+    history = json.loads((run.run_dir / "history.json").read_text())
+    assert len(history["loss"]) == len(history["val_loss"]) == 4
+    for png in ("loss.png", "confusion.png"):
+        assert Image.open(run.run_dir / png).size[0] > 200
+
+
+def test_stitched_model_equals_head_on_cached_features(run):
+    assert run.metrics["stitched_vs_head_max_abs_diff"] <= 1e-5
+
+
+def test_stitched_model_is_compiled_and_knows_its_classes(run):
+    model = load_model(run.run_dir / "model.h5")
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert getattr(model.loss, "__name__", model.loss) == "sparse_categorical_crossentropy"
+    assert isinstance(model.layers[1], keras.layers.Lambda)
+    assert model_info(run.run_dir / "model.h5")["class_names"] == ["circle", "square", "triangle"]
+
+
+def test_stitched_model_loads_in_safe_mode_in_a_fresh_process(run, shapes_dir):
+    code = (
+        "import sys, numpy as np, keras, gearfeat\n"
+        "from gearfeat.images import load_image\n"
+        "m = keras.models.load_model(sys.argv[1])\n"  # default safe_mode=True, no custom_objects
+        "x = np.stack([load_image(sys.argv[2], 32)]).astype('float32')\n"
+        "p = m.predict(x, verbose=0)\n"
+        "assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-5\n"
+        "print('ok')\n")
+    image = next((shapes_dir / "circle").iterdir())
+    done = subprocess.run([sys.executable, "-c", code, str(run.run_dir / "model.h5"), str(image)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_baseline_joblib_is_verified_before_loading(run, tmp_path):
+    folder = RunDir(run.run_dir)
+    assert folder.load_joblib("baseline.joblib").predict(np.zeros((1, 1280), np.float32)).shape == (1,)
+    import shutil
+    copy = RunDir(shutil.copytree(run.run_dir, tmp_path / "copy"))
+    (copy / "baseline.joblib").write_bytes((copy / "baseline.joblib").read_bytes() + b"\x00")
+    with pytest.raises(GearfeatError, match="sha256 does not match"):
+        copy.load_joblib("baseline.joblib")
+    with pytest.raises(GearfeatError, match="not recorded"):
+        copy.load_joblib("other.joblib")
+
+
+def test_cli_train_then_warm_rerun_then_predict(shapes_dir, tmp_path, capsys):
+    args = ["train", str(shapes_dir), *TINY_ARGS, "--epochs", "2", "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "60 images computed, 0 reused" in err and "0 images computed, 60 reused" in err
+    images = sorted(str(p) for p in (shapes_dir / "square").iterdir())[:5]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("<html>not an image</html>")
+    code = main(["predict", str(tmp_path / "a" / "model.h5"), *images, str(bad), "--json",
+                 "--plot", str(tmp_path / "grid.png")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3  # one image could not be read
+    assert [o["path"] for o in out] == [*images, str(bad)]
+    assert all(o["label"] in ("circle", "square", "triangle") and 0 < o["confidence"] <= 1 for o in out[:5])
+    assert out[5]["label"] is None and "not an image" in out[5]["error"]
+    assert Image.open(tmp_path / "grid.png").size[0] > 200
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), *TINY_ARGS, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gearfeat: error:") and "\n" not in err and "missing" in err
+    assert main(["predict", str(tmp_path / "nope.h5"), "x.jpg"]) == 1
+    assert "model file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["train", "data", "--backbone", "mobilenet_v2"])  # --out missing: argparse usage error
+    assert info.value.code == 2
+
+
+
+def test_python_lambda_model_is_refused_and_its_code_never_runs(tmp_path, capsys):
+    path = tmp_path / "evil.h5"
+    marker = tmp_path / "ran.txt"
+    code = (f"import keras, pathlib\n"
+            f"inputs = keras.Input((4,))\n"
+            f"f = lambda x: (pathlib.Path({str(marker)!r}).write_text('pwned'), x)[1]\n"
+            f"keras.Model(inputs, keras.layers.Lambda(f)(inputs)).save({str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    marker.unlink(missing_ok=True)  # building the model in that process ran the lambda once
+    with pytest.raises(GearfeatError, match="refused to load.*--unsafe"):
+        load_model(path)
+    assert main(["predict", str(path), "x.jpg"]) == 1
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()
