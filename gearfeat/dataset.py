@@ -1,0 +1,300 @@
+"""A dataset folder with one sub-folder per class, and its grouped, stratified split.
+
+Files are listed, never decoded, here: a file that is clearly unusable (hidden, wrong extension,
+empty, unreadable, or the same bytes as a file of another class) is listed in ``skipped`` with a
+reason; files that fail to decode later are moved there with :meth:`Dataset.without`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+import stat
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gearfeat.errors import GearfeatError
+from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
+
+__all__ = [
+    "ImageRecord", "Skipped", "Dataset", "scan_dataset", "split_dataset", "write_skipped", "hash_file",
+]
+
+# Lower-case names of files and folders that operating systems and tools leave behind
+# (names starting with "." are always hidden).
+_SYSTEM_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"})
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One usable image file."""
+
+    path: Path
+    label: int  #: index into ``Dataset.class_names``
+    sha256: str  #: hex digest of the file's bytes
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out, and why."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class Dataset:
+    """Image records with their class names, and the files left out."""
+
+    root: Path
+    class_names: list[str]
+    records: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def without(self, bad: Iterable[Skipped]) -> Dataset:
+        """A copy without the records whose path is in ``bad``; ``bad`` is added to ``skipped``."""
+        bad = list(bad)
+        drop = {item.path for item in bad}
+        records = [record for record in self.records if str(record.path) not in drop]
+        return Dataset(self.root, list(self.class_names), records, [*self.skipped, *bad])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([record.label for record in self.records], dtype=np.int64)
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(record.path) for record in self.records]
+
+    @property
+    def hashes(self) -> list[str]:
+        return [record.sha256 for record in self.records]
+
+
+def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
+    """List the images of ``root``, a folder with one sub-folder of images per class.
+
+    Sub-folders are searched recursively (following folder symlinks, once each), in sorted
+    order; class names are the sorted folder names. Classes with no usable image are left out
+    with a warning. Files with identical bytes in two classes are all skipped: their label is
+    unknowable.
+
+    Raises:
+        GearfeatError: ``root`` is missing or unreadable, has no class folders, or fewer than
+            ``min_classes`` classes have images.
+    """
+    root = Path(root)
+    skipped: list[Skipped] = []
+    found: list[tuple[str, Path, str]] = []  # (class, path, sha256)
+    folders = _class_folders(root, skipped)
+    for folder in folders:
+        for path in _walk(folder, skipped, seen=set()):
+            digest = _digest(path, skipped)
+            if digest is not None:
+                found.append((folder.name, path, digest))
+
+    usable = _without_conflicts(found, skipped)
+    with_images = {name for name, _, _ in usable}
+    class_names = [folder.name for folder in folders if folder.name in with_images]
+    for folder in folders:
+        if folder.name not in with_images:
+            warnings.warn(f"class {folder.name!r} ({folder}) has no usable images; it is left out",
+                          stacklevel=2)
+    if len(class_names) < min_classes:
+        raise GearfeatError(
+            f"{root}: found only {len(class_names)} class{'' if len(class_names) == 1 else 'es'} with "
+            f"images ({', '.join(class_names) or 'none'}); need at least {min_classes}: "
+            "add a sub-folder of images for each class")
+    label = {name: i for i, name in enumerate(class_names)}
+    records = [ImageRecord(path, label[name], digest) for name, path, digest in usable]
+    return Dataset(root, class_names, records, skipped)
+
+
+def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded, stratified and grouped split into sorted record indexes ``{"train", "val", "test"}``.
+
+    Records with the same bytes (sha256) form a group that always lands in one split. Within each
+    class, groups are ordered by ``sha256(f"{seed}:{digest}")``, which does not depend on file
+    order, and cut into test, val and train by rounded counts, each at least one group when its
+    fraction is above 0.
+
+    Raises:
+        GearfeatError: a fraction is out of range, or a class has too few distinct images.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1:
+        raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "
+                            f"got {val_fraction} + {test_fraction}")
+    members: dict[str, list[int]] = defaultdict(list)
+    label_of: dict[str, int] = {}
+    for i, record in enumerate(dataset.records):
+        if label_of.setdefault(record.sha256, record.label) != record.label:
+            raise GearfeatError(f"{record.path}: the same bytes appear under two labels; "
+                                "build the dataset with scan_dataset, which skips such files")
+        members[record.sha256].append(i)
+    groups_of: list[list[str]] = [[] for _ in dataset.class_names]
+    for digest, label in label_of.items():
+        groups_of[label].append(digest)
+
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for name, groups in zip(dataset.class_names, groups_of):
+        if len(groups) < needed:
+            raise GearfeatError(
+                f"class {name!r} has {len(groups)} distinct image{'' if len(groups) == 1 else 's'}; "
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} need at least {needed} "
+                "(one per split): add images to it or lower the fractions")
+        groups.sort(key=lambda digest: hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest())
+        n_val, n_test = _split_counts(len(groups), val_fraction, test_fraction)
+        cuts = {"test": groups[:n_test], "val": groups[n_test:n_test + n_val],
+                "train": groups[n_test + n_val:]}
+        for split, chosen in cuts.items():
+            splits[split].extend(i for digest in chosen for i in members[digest])
+    return {split: np.array(sorted(index), dtype=np.int64) for split, index in splits.items()}
+
+
+def write_skipped(skipped: list[Skipped], path: str | os.PathLike) -> None:
+    """Write ``skipped`` as a JSON array of ``{"path", "reason"}`` objects, atomically.
+
+    Raises:
+        GearfeatError: the file cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps([item.to_dict() for item in skipped], indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def hash_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks. Raises OSError if it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _without_conflicts(found: list[tuple[str, Path, str]],
+                       skipped: list[Skipped]) -> list[tuple[str, Path, str]]:
+    """``found`` without the files whose bytes also occur in another class (added to ``skipped``)."""
+    copies: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, path, digest in found:
+        copies[digest].append((name, path))
+    usable = []
+    for name, path, digest in found:
+        other = next(((n, p) for n, p in copies[digest] if n != name), None)
+        if other is None:
+            usable.append((name, path, digest))
+        else:
+            skipped.append(Skipped(str(path), f"identical bytes to {other[1]} in class {other[0]}: "
+                                              "conflicting labels"))
+    return usable
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Numbers of val and test groups out of ``n``, leaving at least one for training."""
+    n_val, n_test = (max(1, round(n * f)) if f > 0 else 0 for f in (val_fraction, test_fraction))
+    while n_val + n_test >= n:  # rounding up left nothing to train on: shrink the larger split
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _class_folders(root: Path, skipped: list[Skipped]) -> list[Path]:
+    """The class sub-folders of ``root``, sorted; other entries go to ``skipped``."""
+    if not root.exists():
+        raise GearfeatError(f"dataset folder not found: {root}; pass a folder with one sub-folder per class")
+    if not root.is_dir():
+        raise GearfeatError(f"{root} is a file, not a folder; pass the folder that holds one sub-folder "
+                            "per class")
+    try:
+        entries = _sorted_entries(root)
+    except OSError as exc:
+        raise GearfeatError(f"cannot read dataset folder {root}: {exc.strerror or exc}; "
+                            "check its permissions") from None
+    folders = []
+    for path, is_dir in _entries(root, entries, skipped):
+        if is_dir:
+            folders.append(path)
+        else:
+            skipped.append(Skipped(str(path), "not in a class folder"))
+    if not folders:
+        raise GearfeatError(f"no class folders in {root}: expected one sub-folder per class, "
+                            f"e.g. {root / 'cats'}/*.jpg")
+    return folders
+
+
+def _walk(folder: Path, skipped: list[Skipped], seen: set[str]) -> Iterator[Path]:
+    """Files under ``folder``, recursively in sorted order, each folder once (symlink loops)."""
+    seen.add(os.path.realpath(folder))
+    try:
+        entries = _sorted_entries(folder)
+    except OSError as exc:
+        skipped.append(Skipped(str(folder), os_error_reason(exc, "folder")))
+        return
+    for path, is_dir in _entries(folder, entries, skipped):
+        if not is_dir:
+            yield path
+        elif os.path.realpath(path) in seen:
+            skipped.append(Skipped(str(path), f"folder already scanned (same as {os.path.realpath(path)})"))
+        else:
+            yield from _walk(path, skipped, seen)
+
+
+def _entries(folder: Path, entries: list[os.DirEntry], skipped: list[Skipped]) -> Iterator[tuple[Path, bool]]:
+    """``(path, is_dir)`` of visible entries; hidden ones and broken links go to ``skipped``."""
+    for entry in entries:
+        path = folder / entry.name
+        try:
+            is_dir = entry.is_dir()  # follows symlinks
+        except OSError as exc:  # e.g. a symlink loop
+            skipped.append(Skipped(str(path), os_error_reason(exc)))
+            continue
+        if entry.name.startswith(".") or entry.name.lower() in _SYSTEM_NAMES:
+            skipped.append(Skipped(str(path), f"hidden or system {'folder' if is_dir else 'file'}"))
+        else:
+            yield path, is_dir
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _digest(path: Path, skipped: list[Skipped]) -> str | None:
+    """sha256 of an image file, or ``None`` after adding it to ``skipped``."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        reason = f"not an image extension ({suffix or 'none'})"
+    else:
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                reason = "not a regular file"
+            elif info.st_size == 0:
+                reason = "empty file (0 bytes)"
+            else:
+                return hash_file(path)
+        except OSError as exc:
+            reason = os_error_reason(exc)
+    skipped.append(Skipped(str(path), reason))
+    return None
