@@ -8,7 +8,6 @@ reason; files that fail to decode later are moved there with :meth:`Dataset.with
 from __future__ import annotations
 
 import hashlib
-import json
 import numbers
 import os
 import stat
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gearfeat.errors import GearfeatError
+from gearfeat.fileio import hash_file, write_json_atomic
 from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
 
 __all__ = [
@@ -172,23 +172,7 @@ def write_skipped(skipped: list[Skipped], path: str | os.PathLike) -> None:
     Raises:
         GearfeatError: the file cannot be written.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps([item.to_dict() for item in skipped], indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def hash_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in chunks. Raises OSError if it cannot be read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    write_json_atomic(path, [item.to_dict() for item in skipped])
 
 
 def _without_conflicts(found: list[tuple[str, Path, str]],

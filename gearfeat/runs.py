@@ -5,7 +5,6 @@ itself, after checking the digest recorded in ``manifest.json`` at write time.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,19 +12,10 @@ from typing import Any
 
 import joblib
 
-from .cache import write_json_atomic
 from .errors import GearfeatError
+from .fileio import hash_file, write_json_atomic
 
 MANIFEST = "manifest.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunDir:
@@ -52,7 +42,7 @@ class RunDir:
     def record(self, name: str) -> Path:
         """Record the digest of an artifact written into the folder; returns its path."""
         manifest = self.manifest()
-        manifest[name] = file_sha256(self.path / name)
+        manifest[name] = hash_file(self.path / name)
         write_json_atomic(self.path / MANIFEST, manifest)
         return self.path / name
 
@@ -77,7 +67,7 @@ class RunDir:
         if expected is None:
             raise GearfeatError(f"refusing to load {path}: not recorded in {self.path / MANIFEST} (gearfeat "
                                 "loads pickled files only from its own runs)")
-        if not path.is_file() or file_sha256(path) != expected:
+        if not path.is_file() or hash_file(path) != expected:
             raise GearfeatError(f"refusing to load {path}: its sha256 does not match the one recorded when it "
                                 "was written (modified or replaced?)")
         return joblib.load(path)
