@@ -1,6 +1,7 @@
 """Dense classification heads trained on cached features, as scikit-learn-style estimators."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import keras
@@ -46,19 +47,26 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                 raise GearfeatError(f"invalid head parameter {name}={getattr(self, name)!r}")
 
     def build(self, n_features: int, n_classes: int) -> keras.Model:
-        """The uncompiled head model: features -> [Dense -> (BatchNorm) -> ReLU -> Dropout]* -> softmax."""
+        """The uncompiled head model: features -> [Dense -> (BatchNorm) -> ReLU -> Dropout]* -> softmax.
+
+        Initial weights and dropout masks are seeded from ``seed`` layer by layer, not drawn from Python's
+        global ``random`` (which other threads of the process, e.g. a dask worker's, may use meanwhile).
+        """
         regularizer = keras.regularizers.l2(self.l2) if self.l2 else None
+        seeds = itertools.count(int(self.seed) * 1000)
         inputs = keras.Input((n_features,), name="features")
         x = inputs
         for i, units in enumerate(self.hidden):
             x = keras.layers.Dense(int(units), use_bias=not self.batch_norm, kernel_regularizer=regularizer,
+                                   kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
                                    name=f"head_dense_{i}")(x)
             if self.batch_norm:
                 x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
             x = keras.layers.Activation("relu", name=f"head_relu_{i}")(x)
             if self.dropout:
-                x = keras.layers.Dropout(self.dropout, name=f"head_dropout_{i}")(x)
+                x = keras.layers.Dropout(self.dropout, seed=next(seeds), name=f"head_dropout_{i}")(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer,
+                                     kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
                                      name="head_output")(x)
         return keras.Model(inputs, outputs, name="head")
 
