@@ -11,7 +11,7 @@ from .errors import GearfeatError
 BASELINES = {
     "logreg": lambda C, seed: LogisticRegression(C=C, max_iter=3000, random_state=seed),
     "linear_svc": lambda C, seed: LinearSVC(C=C, max_iter=20000, random_state=seed),
-    "svc": lambda C, seed: SVC(C=C, kernel="rbf", probability=False, random_state=seed),
+    "svc": lambda C, seed: SVC(C=C, kernel="rbf", random_state=seed),
 }
 """Baseline estimators by name."""
 
