@@ -73,10 +73,28 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     split = split or SplitConfig()
     run = RunDir(out, create=True)
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
+    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
+                          seed=split.seed)
+    metrics = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
+                           baseline_c=baseline_c, started=started, log=log)
+    return TrainResult(run.path, metrics, extraction, extraction.skipped)
+
+
+def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
+                 split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
+                 started: float | None = None, command: str = "train", extra: dict | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Train ``head`` and the baseline on the train split, test each once, stitch, and write the run folder.
+
+    The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
+    writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
+    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (``command``, settings, sizes, wall times, and
+    ``extra``). Returns the metrics.
+    """
+    started = time.perf_counter() if started is None else started
+    config = extraction.extractor.config
     dataset, X = extraction.dataset, extraction.features
     y = dataset.labels
-    parts = split_dataset(dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
     train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
 
     t0 = time.perf_counter()
@@ -117,11 +135,12 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     write_skipped(extraction.skipped, run / "skipped.json")
     run.record("skipped.json")
     run.write_json("run.json", {
-        "command": "train",
-        "data_dir": str(Path(data_dir).resolve()),
+        "command": command,
+        "data_dir": str(Path(dataset.root).resolve()),
         "extractor": asdict(config),
         "cache": str(extraction.cache_path),
         "head": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
+        "baseline_c": baseline_c,
         "best_epoch": head.best_epoch_,
         "epochs_run": len(head.history_["loss"]),
         "split": asdict(split) | {name: int(len(idx)) for name, idx in parts.items()},
@@ -133,10 +152,11 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
         "seconds": {"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
                     "total": time.perf_counter() - started},
         "machine": machine_summary(),
+        **(extra or {}),
     })
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
-    return TrainResult(run.path, metrics, extraction, extraction.skipped)
+    return metrics
 
 
 def _stitch_check(model, dataset: Dataset, indexes: np.ndarray, head_proba: np.ndarray, image_size: int) -> float:
