@@ -94,6 +94,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if extraction.skipped else EXIT_OK
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import parse_space, search
+    from .train import SplitConfig
+    result = search(args.data_dir, args.out, space=parse_space(args.space, args.param), n_trials=args.trials,
+                    jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
+                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
+                    cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
+    print(result.run_dir / "model.h5")
+    return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def _trials(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of trials or 'all', got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import SplitConfig, train
     result = train(args.data_dir, args.out, config=extractor_config(args), head=dense_head(args),
@@ -139,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_options(p)
     add_head_options(p)
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("search", help="try many heads on the cached features in parallel; the best becomes "
+                                      "model.h5")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, help="run folder to write")
+    add_extractor_options(p)
+    add_split_options(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--space", default=None,
+                   help="YAML or JSON file {parameter: [values]} (default: the built-in space, see the README)")
+    g.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
+                   help="values of one parameter, e.g. dropout=0.2,0.5 or hidden=[256],[512,128],[] "
+                        "(repeatable; on top of --space)")
+    g.add_argument("--trials", type=_trials, default=24,
+                   help="configurations drawn at random (seeded by --seed); 'all' or at least the size of the "
+                        "space runs the whole grid (default 24)")
+    g.add_argument("--jobs", type=int, default=-1, help="trials run at once (default -1: every core or worker)")
+    g.add_argument("--backend", default=None,
+                   help="joblib backend: loky (processes, default), threading, dask or ray (a cluster)")
+    g.add_argument("--address", default=None,
+                   help="dask: the scheduler address (tcp://host:8786); ray: the cluster (default 'auto')")
+    p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("predict", help="classify images with a saved model")
     p.add_argument("model", help="a .h5 model written by gearfeat")

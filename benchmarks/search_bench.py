@@ -1,0 +1,170 @@
+"""Benchmark of ``gearfeat search`` on the gear cache: 24 trials with --jobs 2 and --jobs 1, and the naive way.
+
+Measured side by side in one run, each search as the whole ``gearfeat search`` command in a fresh process
+(start-up, cache read, trials, retraining the winner, stitching and writing the run folder):
+
+* the 24 trials of the default space with ``--jobs 2`` and with ``--jobs 1``;
+* the naive way: each configuration trained as one model, image -> frozen backbone -> head, so the backbone
+  runs on every training and validation image in every epoch. It is MEASURED on a few epochs of a few of
+  the same configurations and EXTRAPOLATED to the 24 trials: each dense trial costs its own number of epochs
+  (as run in the search) times the measured seconds per epoch; each baseline trial costs one backbone pass
+  over the train and validation images (measured) plus its own fit. Model building and tracing are left out
+  of the naive figure, which favours the naive way.
+
+    flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/search_bench.py
+    .venv/bin/python benchmarks/search_bench.py --quick    # smoke run on generated images (CI)
+
+Without ``../shared`` (the gear images and weights) the full benchmark prints why and exits 0; ``--quick``
+runs on generated images with a random-weight backbone at 32 px and needs nothing from ``../shared``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GEAR = SHARED / "data" / "gear"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run on generated images (no ../shared)")
+    parser.add_argument("--trials", type=int, default=None, help="trials per search (default 24; quick: all 4)")
+    parser.add_argument("--naive-configs", type=int, default=2, help="configurations timed the naive way")
+    parser.add_argument("--naive-epochs", type=int, default=3, help="epochs of each naive configuration")
+    parser.add_argument("--cache-dir", default=str(ROOT / "cache"), help="feature cache (default ./cache)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from gearfeat.dataset import split_dataset
+    from gearfeat.extractor import ExtractorConfig
+    from gearfeat.shapes import make_shapes_dataset
+    from gearfeat.system import machine_summary
+    from gearfeat.train import extract_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="search-bench-"))
+    if args.quick:
+        data = make_shapes_dataset(work / "shapes", per_class=20, size=32, seed=0)
+        config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)
+        cli = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+               "--backbone-size", "32", "--param", "hidden=[16],[]", "--param", "epochs=2",
+               "--param", "baseline=logreg", "--trials", str(args.trials or "all")]
+        args.naive_configs, args.naive_epochs = 1, 2
+        cache_dir = work / "cache"
+    else:
+        if not GEAR.is_dir() or not WEIGHTS.is_file():
+            print(f"skip: the gear images and weights are not here ({SHARED} is absent or incomplete); "
+                  "run with --quick for a smoke run on generated images")
+            return 0
+        data = GEAR
+        config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=str(WEIGHTS))
+        cli = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS),
+               "--trials", str(args.trials or 24)]
+        cache_dir = Path(args.cache_dir)
+    cli = [*cli, "--cache-dir", str(cache_dir), "--seed", str(args.seed), "--no-progress"]
+
+    print(f"machine: {machine_summary()}; load average at start {os.getloadavg()}")
+    extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False, log=lambda m: None)
+    print(f"cache: {extraction.cache_path} ({extraction.computed} images computed now, {extraction.reused} "
+          f"reused); every search below reads it")
+
+    searches = {}
+    for jobs in (2, 1):
+        out = work / f"search-jobs{jobs}"
+        command = [sys.executable, "-m", "gearfeat", "search", str(data), *cli, "--jobs", str(jobs), "--out", str(out)]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr[-3000:])
+            raise SystemExit(f"gearfeat search --jobs {jobs} failed with exit status {done.returncode}")
+        run = json.loads((out / "run.json").read_text())
+        trials = json.loads((out / "trials.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        searches[jobs] = {"wall": wall, "trials_seconds": run["search"]["seconds"], "trials": trials,
+                          "order": [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])],
+                          "metrics": metrics}
+        print(f"search --jobs {jobs}: {len(trials)} trials, whole command {wall:.1f} s (trials phase "
+              f"{run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
+              f"({metrics['winner']['model']}), test accuracy {metrics['winner']['test_accuracy']:.4f}")
+    same = searches[2]["order"] == searches[1]["order"]
+    print(f"leaderboard order identical with --jobs 2 and --jobs 1: {same}")
+
+    trials = searches[2]["trials"]
+    parts = split_dataset(extraction.dataset, seed=args.seed)
+    naive = measure_naive(extraction, parts, config, [t for t in trials if t["model"] == "dense"],
+                          args.naive_configs, args.naive_epochs)
+    dense_epochs = sum(t["epochs_run"] for t in trials if t["model"] == "dense")
+    baselines = [t for t in trials if t["model"] != "dense"]
+    naive_total = (dense_epochs * naive["epoch_seconds"]
+                   + sum(naive["pass_seconds"] + t["seconds"] for t in baselines))
+    print(f"naive extrapolation: {dense_epochs} epochs over the {len(trials) - len(baselines)} dense trials x "
+          f"{naive['epoch_seconds']:.2f} s + {len(baselines)} baseline trials x ({naive['pass_seconds']:.2f} s "
+          f"backbone pass + their fit) = {naive_total:.0f} s")
+
+    fast = searches[2]["wall"]
+    rows = [(f"search, {len(trials)} trials, --jobs 2 (whole command)", fast),
+            (f"search, {len(trials)} trials, --jobs 1 (whole command)", searches[1]["wall"]),
+            (f"naive, the same {len(trials)} configurations (extrapolated, see above)", naive_total)]
+    print(f"\n| {'run':64} | seconds | vs --jobs 2 |\n|{'-' * 66}|--------:|------------:|")
+    for name, seconds in rows:
+        print(f"| {name:64} | {seconds:7.1f} | {seconds / fast:10.1f}x |")
+    print(f"\n--jobs 1 / --jobs 2: {searches[1]['wall'] / fast:.2f}x; naive / --jobs 2: {naive_total / fast:.0f}x; "
+          f"load average at end {os.getloadavg()}; run folders in {work}")
+    return 0
+
+
+def measure_naive(extraction, parts, config, dense_trials, n_configs: int, n_epochs: int) -> dict:
+    """Train ``n_configs`` of the dense trials for ``n_epochs`` as image -> frozen backbone -> head models."""
+    import keras
+    import numpy as np
+
+    from gearfeat.heads import DenseHead
+    from gearfeat.images import load_image
+    from gearfeat.stitch import stitch
+
+    records, y = extraction.dataset.records, extraction.dataset.labels
+    images = {name: np.stack([load_image(records[i].path, config.image_size) for i in parts[name]])
+              for name in ("train", "val")}
+    extractor = extraction.extractor.model
+    n_classes = len(extraction.dataset.class_names)
+    extractor.predict(images["train"][:64], batch_size=64, verbose=0)  # build and trace first
+    start = time.perf_counter()
+    extractor.predict(np.concatenate([images["train"], images["val"]]), batch_size=64, verbose=0)
+    pass_seconds = time.perf_counter() - start
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    later = []
+    for trial in dense_trials[:n_configs]:
+        head = DenseHead(**trial["params"], seed=0)
+        model = stitch(extractor, head.build(extraction.features.shape[1], n_classes), head.learning_rate)
+        timer = EpochTimer()
+        timer.seconds = []
+        model.fit(images["train"], y[parts["train"]], validation_data=(images["val"], y[parts["val"]]),
+                  batch_size=int(head.batch_size), epochs=n_epochs, callbacks=[timer], verbose=0)
+        later.extend(timer.seconds[1:] or timer.seconds)
+        print(f"naive: trial {trial['trial']} {trial['params']}: {n_epochs} epochs on {len(images['train'])} + "
+              f"{len(images['val'])} images, seconds per epoch {[round(s, 2) for s in timer.seconds]} (the first "
+              "includes tracing and is left out when there are more)")
+    print(f"naive: one backbone pass over the train and validation images: {pass_seconds:.2f} s")
+    return {"epoch_seconds": float(np.mean(later)), "pass_seconds": pass_seconds}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

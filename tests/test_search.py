@@ -1,0 +1,248 @@
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gearfeat.baseline import BASELINES
+from gearfeat.cli import main
+from gearfeat.dataset import split_dataset
+from gearfeat.errors import GearfeatError
+from gearfeat.heads import DenseHead
+from gearfeat.search import (DEFAULT_SPACE, PARAMS, SearchSpace, parse_param, parse_space, rank_trials,
+                             run_trials, search)
+from gearfeat.train import SplitConfig, extract_dataset
+
+from conftest import tiny_config
+
+TINY_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+             "--backbone-size", "32", "--no-progress"]
+FAST = {"hidden": [[8], []], "epochs": [3], "learning_rate": [1e-2, 1e-3], "baseline": ["logreg"]}
+quiet = dict(progress=False, log=lambda message: None)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """3 well-separated Gaussian classes in 16 dimensions: train (60 rows) and validation (30 rows)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1.5, (3, 16))
+    y = np.repeat(np.arange(3), 30)
+    X = (centres[y] + rng.normal(0, 1.0, (90, 16))).astype(np.float32)
+    order = rng.permutation(90)
+    return X[order[:60]], y[order[:60]], X[order[60:]], y[order[60:]]
+
+
+def _results(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# ------------------------------------------------------------------------------------------ the space
+def test_registry_matches_the_head_and_the_baseline():
+    head_params = {name for name, p in PARAMS.items() if p.kind == "head"}
+    assert head_params <= set(DenseHead().get_params()) - {"seed", "verbose"}
+    assert PARAMS["baseline"].check("svc") == "svc" and set(BASELINES) >= {"logreg", "svc"}
+    space = SearchSpace(DEFAULT_SPACE)
+    assert len(space) == 4 * 2 * 2 * 2 * 3 * 2 + 2 * 3
+    assert [sorted(g) for g in space.grids] == [sorted(set(DEFAULT_SPACE) - {"baseline", "baseline_c"}),
+                                                ["baseline", "baseline_c"]]
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"dropuot": [0.1]}, "unknown search parameter 'dropuot'; known parameters: hidden, dropout"),
+    ({"dropout": []}, "search parameter 'dropout' has an empty list of values"),
+    ({"dropout": 0.2}, "search parameter 'dropout': expected a list of values, e.g. dropout: [0.2, 0.5]; got 0.2"),
+    ({"dropout": [0.2, "high"]}, "search parameter 'dropout': bad value 'high': expected a number in [0, 1)"),
+    ({"dropout": [1.0]}, "search parameter 'dropout': bad value 1.0: expected a number in [0, 1)"),
+    ({"batch_size": [64, 1.5]}, "search parameter 'batch_size': bad value 1.5: expected an integer >= 1"),
+    ({"epochs": [True]}, "search parameter 'epochs': bad value True: expected an integer >= 1"),
+    ({"batch_norm": ["yes"]}, "search parameter 'batch_norm': bad value 'yes': expected true or false"),
+    ({"hidden": [256, 512]}, "search parameter 'hidden': bad value 256: expected a list of positive layer sizes"),
+    ({"hidden": [[512, 0]]}, "search parameter 'hidden': bad value [512, 0]"),
+    ({"baseline": ["forest"]}, "search parameter 'baseline': bad value 'forest': expected one of logreg"),
+    ({"baseline_c": [-1]}, "search parameter 'baseline_c': bad value -1: expected a number > 0"),
+    ([], "a search space is a mapping"),
+    ([{}], "a search space grid is a non-empty mapping"),
+])
+def test_a_bad_space_is_rejected_naming_the_parameter_and_value(space, message):
+    with pytest.raises(GearfeatError, match=re.escape(message)):
+        SearchSpace(space)
+
+
+def test_param_flags_and_space_files(tmp_path):
+    assert parse_param("dropout=0.2,0.5") == ("dropout", [0.2, 0.5])
+    assert parse_param("hidden=[256],[512,128],[]") == ("hidden", [[256], [512, 128], []])
+    assert parse_param("baseline=logreg, svc") == ("baseline", ["logreg", "svc"])
+    assert parse_param("learning_rate=1e-3") == ("learning_rate", [1e-3])
+    with pytest.raises(GearfeatError, match=r"--param 'dropout': expected NAME=VALUE1,VALUE2"):
+        parse_param("dropout")
+    with pytest.raises(GearfeatError, match="unknown search parameter 'hiden'"):
+        parse_param("hiden=[8]")
+    with pytest.raises(GearfeatError, match="'l2' has an empty list"):
+        parse_space(None, ["l2="])
+
+    only = parse_space(None, ["dropout=0.1,0.3", "baseline_c=1,10"])
+    assert only.grids == [{"dropout": [0.1, 0.3]}, {"baseline_c": [1.0, 10.0]}]
+    assert len(parse_space()) == len(SearchSpace(DEFAULT_SPACE))
+
+    yaml_file = tmp_path / "space.yaml"  # PyYAML reads 1e-4 as a string: accepted as a number
+    yaml_file.write_text("hidden: [[64], []]\nl2: [0, 1e-4]\nbatch_norm: [true]\nbaseline: [svc]\n")
+    space = parse_space(yaml_file, ["l2=0.01"])
+    assert space.grids == [{"hidden": [(64,), ()], "l2": [0.01], "batch_norm": [True]}, {"baseline": ["svc"]}]
+    json_file = tmp_path / "space.json"
+    json_file.write_text(json.dumps([{"hidden": [[32]]}, {"hidden": [[64, 32]], "dropout": [0.1]}]))
+    assert len(parse_space(json_file)) == 2
+    json_file.write_text("{'hidden': ")
+    with pytest.raises(GearfeatError, match=r"space.json: cannot read the search space \(Expecting"):
+        parse_space(json_file)
+    with pytest.raises(GearfeatError, match="search space file not found"):
+        parse_space(tmp_path / "missing.yaml")
+    (tmp_path / "space.txt").write_text("dropout: [0.1]")
+    with pytest.raises(GearfeatError, match=r"space.txt: a search space file ends in \.yaml, \.yml or \.json"):
+        parse_space(tmp_path / "space.txt")
+
+
+def test_configurations_grid_and_seeded_random():
+    space = SearchSpace(DEFAULT_SPACE)
+    first = space.configurations(24, seed=3)
+    assert first == space.configurations(24, seed=3) and first != space.configurations(24, seed=4)
+    assert len(first) == 24 and len({json.dumps(c, sort_keys=True) for c in first}) == 24
+    small = SearchSpace({"dropout": [0.1, 0.2], "baseline": ["svc"]})
+    assert small.configurations(None) == small.configurations(50) == [{"dropout": 0.1}, {"dropout": 0.2},
+                                                                       {"baseline": "svc"}]
+    with pytest.raises(GearfeatError, match="number of trials must be a positive integer or 'all', got 0"):
+        space.configurations(0)
+
+
+# ------------------------------------------------------------------------------------------ trials
+def test_trials_are_deterministic_and_ranked(blobs):
+    configurations = SearchSpace(FAST).configurations()
+    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
+    again = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
+    assert _results(first) == _results(again)
+    assert [r["params"] for r in first] == configurations
+    assert {r["model"] for r in first} == {"dense", "logreg"}
+    dense = [r for r in first if r["model"] == "dense"]
+    assert all(r["epochs_run"] == 3 and 1 <= r["best_epoch"] <= 3 and r["val_loss"] > 0 for r in dense)
+    assert max(r["val_accuracy"] for r in first) > 0.8  # separable blobs: the trials really learn
+    board = rank_trials(first)
+    assert [r["rank"] for r in board] == [1, 2, 3, 4, 5]
+    keys = [(-r["val_accuracy"], r["val_loss"]) for r in board]
+    assert keys == sorted(keys)
+
+
+def test_backend_errors_are_one_line(blobs, monkeypatch):
+    with pytest.raises(GearfeatError, match="unknown backend 'mpi'; choose one of: loky, threading, dask, ray"):
+        run_trials([{}], *blobs, backend="mpi", **quiet)
+    with pytest.raises(GearfeatError, match="jobs must be a positive number"):
+        run_trials([{}], *blobs, jobs=0, **quiet)
+    with pytest.raises(GearfeatError, match="--address is for the dask and ray backends, not loky"):
+        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without Ray
+    with pytest.raises(GearfeatError, match=re.escape("--backend ray needs the 'ray' package: "
+                                                      "pip install gearfeat[ray]")):
+        run_trials([{}], *blobs, backend="ray", **quiet)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(GearfeatError, match=re.escape("--backend dask needs the 'distributed' package: "
+                                                      "pip install gearfeat[dask]")):
+        run_trials([{}], *blobs, backend="dask", address="tcp://127.0.0.1:8786", **quiet)
+
+
+def test_dask_backend_on_a_local_cluster(blobs):
+    distributed = pytest.importorskip("distributed")
+    configurations = SearchSpace(FAST).configurations()
+    with pytest.raises(GearfeatError, match="--backend dask needs --address"):
+        run_trials(configurations, *blobs, backend="dask", **quiet)
+    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
+                          **quiet)
+    assert [r["params"] for r in rows] == configurations
+    for mine, theirs in zip(rows, local):
+        assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1 / 30 + 1e-9)
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ the command
+@pytest.fixture(scope="module")
+def searched(shapes_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    space = {"hidden": [[16], []], "epochs": [2], "baseline": ["logreg", "svc"]}
+    spy = {"head_test": 0, "baseline_test": 0, "trial_inputs": []}
+    extraction = extract_dataset(shapes_dir, tiny_config(), cache_dir=out / "cache", progress=False,
+                                 log=lambda m: None)
+    parts = split_dataset(extraction.dataset, seed=2)
+    X = extraction.features
+    with pytest.MonkeyPatch.context() as mp:
+        import gearfeat.search as module
+        from sklearn.pipeline import Pipeline
+
+        def counting(original, key):
+            def wrapped(self, features, *args, **kwargs):
+                spy[key] += np.array_equal(np.asarray(features, np.float32), X[parts["test"]])
+                return original(self, features, *args, **kwargs)
+            return wrapped
+
+        def recording_trial(params, X_train, y_train, X_val, y_val, *args):
+            spy["trial_inputs"].append((X_train, X_val))
+            return run_trial(params, X_train, y_train, X_val, y_val, *args)
+
+        run_trial = module.run_trial
+        mp.setattr(DenseHead, "predict_proba", counting(DenseHead.predict_proba, "head_test"))
+        mp.setattr(Pipeline, "predict", counting(Pipeline.predict, "baseline_test"))
+        mp.setattr(module, "run_trial", recording_trial)
+        result = search(shapes_dir, out / "run", space=space, jobs=1, config=tiny_config(),
+                        split=SplitConfig(seed=2), cache_dir=out / "cache", **quiet)
+    return result, spy, X, parts
+
+
+def test_search_writes_a_train_run_plus_the_trials(searched):
+    result, _, _, _ = searched
+    folder = result.run_dir
+    assert {"model.h5", "metrics.json", "history.json", "loss.png", "confusion.png", "baseline.joblib",
+            "run.json", "manifest.json", "trials.csv", "trials.json", "leaderboard.md", "search.png"} <= {
+        p.name for p in folder.iterdir()}
+    trials = json.loads((folder / "trials.json").read_text())
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3] and sorted(t["rank"] for t in trials) == [1, 2, 3, 4]
+    assert {t["model"] for t in trials} == {"dense", "logreg", "svc"}
+    assert (folder / "trials.csv").read_text().splitlines()[0] == (
+        "trial,rank,model,hidden,epochs,baseline,val_loss,val_accuracy,epochs_run,best_epoch,seconds")
+    board = (folder / "leaderboard.md").read_text()
+    assert board.index(f"| 1 | {result.best['trial']} |") < board.index("| 2 |")
+    run = json.loads((folder / "run.json").read_text())
+    assert run["command"] == "search" and run["search"]["trials"] == 4 and run["search"]["strategy"] == "grid"
+    best_dense = next(t for t in result.leaderboard if t["model"] == "dense")
+    assert run["head"]["hidden"] == list(best_dense["params"]["hidden"]) and run["epochs_run"] == 2
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["winner"]["trial"] == result.best["trial"]
+    assert metrics["stitched_vs_head_max_abs_diff"] <= 1e-5
+    assert Image.open(folder / "search.png").size[0] > 500
+    assert set(json.loads((folder / "manifest.json").read_text())) >= {"trials.csv", "search.png", "model.h5"}
+
+
+def test_the_test_split_is_used_once_by_the_winners_only(searched):
+    _, spy, X, parts = searched
+    assert len(spy["trial_inputs"]) == 4
+    for X_train, X_val in spy["trial_inputs"]:  # trials see exactly the train and validation rows
+        assert np.array_equal(X_train, X[parts["train"]]) and np.array_equal(X_val, X[parts["val"]])
+    assert spy["head_test"] == 1 and spy["baseline_test"] == 1  # the best head and the best baseline, once
+
+
+def test_cli_search_and_its_one_line_errors(shapes_dir, tmp_path, capsys, monkeypatch):
+    base = ["search", str(shapes_dir), *TINY_ARGS, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]
+    assert main([*base, "--param", "dropuot=0.1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gearfeat: error: unknown search parameter 'dropuot'") and "\n" not in err
+    assert main([*base, "--param", "batch_size=64,big"]) == 1
+    assert "search parameter 'batch_size': bad value 'big'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main([*base, "--backend", "ray"]) == 1
+    assert "pip install gearfeat[ray]" in capsys.readouterr().err
+    assert main([*base, "--backend", "dask"]) == 1
+    assert "--backend dask needs --address" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--trials", "many"])
+    assert info.value.code == 2
+    assert not (tmp_path / "o").exists()  # bad settings fail before any work
