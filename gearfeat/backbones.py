@@ -10,7 +10,7 @@ from typing import Callable
 
 import keras
 
-from .errors import GearfeatError
+from .errors import GearfeatError, WeightsUnavailableError
 
 A = keras.applications
 
@@ -152,8 +152,9 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
                             f"{_first_line(exc)}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
         if weights == "imagenet" and "fetch" in str(exc).lower():
-            raise GearfeatError(f"cannot download ImageNet weights for {spec.name} (offline?); pass a local "
-                                "weights file with --weights PATH (or --weights none for random)") from None
+            raise WeightsUnavailableError(
+                f"cannot download ImageNet weights for {spec.name} (offline?); pass a local weights file with "
+                "--weights PATH (or --weights none for random)") from None
         raise
     model.trainable = False
     return model

@@ -12,3 +12,7 @@ class ImageError(GearfeatError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class WeightsUnavailableError(GearfeatError):
+    """Pretrained weights could not be had (the ImageNet download failed, e.g. offline)."""
