@@ -121,14 +121,18 @@ def plot_predictions(
     titles: Sequence[str],
     path: str | os.PathLike,
     ncols: int | None = None,
+    captions: Sequence[str] | None = None,
 ) -> Path:
     """Show uint8 ``HxWx3`` images in a grid, each with its (wrapped) title, e.g. ``"tents 0.97"``.
 
-    ``ncols`` defaults to at most 5 columns.
+    ``ncols`` defaults to at most 5 columns. ``captions`` (e.g. file names) go in small grey type under the
+    images; each image gets a light frame, so the square the model sees shows on a white page.
     """
     path = _png_path(path)
     if len(images) != len(titles):
         raise GearfeatError(f"got {len(images)} images but {len(titles)} titles; pass one title per image")
+    if captions is not None and len(captions) != len(images):
+        raise GearfeatError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
     if len(images) == 0:
         raise GearfeatError("no images to plot; pass at least one")
     for i, image in enumerate(images):
@@ -147,11 +151,18 @@ def plot_predictions(
     fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, image, title in zip(axes, images, titles):
-        ax.imshow(np.asarray(image))
-        ax.set_title(textwrap.fill(str(title), width=24, max_lines=3, placeholder="…"), fontsize=9)
-    for ax in axes:
-        ax.set_axis_off()
+    for i, ax in enumerate(axes):
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        ax.imshow(np.asarray(images[i]))
+        ax.set_title(textwrap.fill(str(titles[i]), width=24, max_lines=3, placeholder="…"), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color("0.8")
+        if captions is not None:
+            ax.set_xlabel(_middle_ellipsis(str(captions[i]), 34), fontsize=7, color="0.4")
     return _save(fig, path)
 
 
@@ -166,6 +177,14 @@ def _plot_curves(ax: Axes, epochs: np.ndarray, curves: Mapping[str, np.ndarray],
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def _middle_ellipsis(text: str, width: int) -> str:
+    """``text`` cut in the middle to at most ``width`` characters, keeping both ends (a file's extension)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def _labels(name: str, values: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -71,7 +72,8 @@ class Predictor:
             if not ok:
                 raise GearfeatError("no readable image to plot")
             plot_predictions([images[i] for i in ok],
-                             [f"{results[i].label} {results[i].confidence:.2f}" for i in ok], plot)
+                             [f"{results[i].label} {results[i].confidence:.2f}" for i in ok], plot,
+                             captions=[Path(paths[i]).name for i in ok])
         return results
 
 

@@ -91,6 +91,17 @@ def test_predictions_grid(tmp_path, n_images):
     assert width >= 250 * min(n_images, 5) and height >= 250 * -(-n_images // 5)
 
 
+def test_predictions_grid_with_file_name_captions(tmp_path):
+    images = [np.full((32, 32, 3), 255, np.uint8)] * 3
+    captions = ["a.png", "b" * 80 + ".jpeg", "c.webp"]
+    cut = plots._middle_ellipsis(captions[1], 34)
+    assert len(cut) == 34 and cut.startswith("bbb") and cut.endswith("b.jpeg") and "…" in cut
+    width, _ = _png_size(plots.plot_predictions(images, ["x 0.50"] * 3, tmp_path / "grid.png", captions=captions))
+    assert width >= 750
+    with pytest.raises(GearfeatError, match="3 images but 2 captions"):
+        plots.plot_predictions(images, ["x"] * 3, tmp_path / "grid.png", captions=captions[:2])
+
+
 def test_predictions_errors(tmp_path):
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(GearfeatError, match="2 images but 1 titles"):
