@@ -8,8 +8,10 @@ the cache is never run through the backbone again, whatever its path.
 Crash safety: rows are appended in short open-write-close sessions and only the rows counted by the
 ``n_rows`` attribute (written last) are valid, so an interrupted extraction never reads as complete and the
 next run resumes after the last committed row. Every row carries a digest of its feature bytes; a file that
-fails its structure or digest check is moved aside and rebuilt. An exclusive file lock serializes writers
-across processes; readers take a shared lock.
+fails its structure or digest check is moved aside and rebuilt. A process killed inside a write session can
+also leave a file that reads fine but refuses further writes (HDF5's space bookkeeping for variable-length
+strings): the first write that fails copies the committed rows into a fresh file and carries on. An
+exclusive file lock serializes writers across processes; readers take a shared lock.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from .errors import GearfeatError
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 256
+_COLUMNS = ("features", "sha256", "digest", "path", "label")
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on a damaged file
 
 
 def _settings_json(attrs: Mapping[str, object]) -> str:
@@ -60,6 +64,7 @@ class FeatureCache:
         self._index: dict[str, int] = {}
         self.n_rows = 0
         self.dim: int | None = None
+        self.log = _stderr
 
     # ----------------------------------------------------------------- locating and locking
     @staticmethod
@@ -88,7 +93,8 @@ class FeatureCache:
                 fcntl.flock(lock, mode)
             try:
                 cache = cls(path, attrs)
-                cache._load(log or _stderr)
+                cache.log = log or _stderr
+                cache._load(cache.log)
                 yield cache
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -120,7 +126,7 @@ class FeatureCache:
         except CacheCorrupt:
             raise
         except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
-            raise CacheCorrupt(f"unreadable HDF5: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            raise CacheCorrupt(f"unreadable HDF5: {_first_line(exc)}")
         if not np.array_equal(row_digest(features), digests):
             bad = int(np.argmax(row_digest(features) != digests))
             raise CacheCorrupt(f"feature checksum mismatch at row {bad}")
@@ -154,20 +160,50 @@ class FeatureCache:
         n_new, dim = features.shape
         if self.dim is not None and dim != self.dim:
             raise GearfeatError(f"feature width {dim} does not match cache {self.path} ({self.dim})")
-        with h5py.File(self.path, "a") as f:
+        columns = {"features": features, "sha256": np.array(hashes, dtype="S64"), "digest": row_digest(features),
+                   "path": paths, "label": labels}
+        for attempt in (1, 2):
+            try:
+                self._write(self.path, self.n_rows, columns)
+                break
+            except _H5_ERRORS as exc:
+                if attempt == 2 or not self._rewrite():
+                    raise GearfeatError(f"cannot write cache {self.path}: {_first_line(exc)} (disk full or "
+                                        "read-only? free space or pass another --cache-dir)") from None
+                self.log(f"warning: cache {self.path} could not be written ({_first_line(exc)}); copied its "
+                         f"{self.n_rows} committed rows to a fresh file")
+        start = self.n_rows
+        self._index.update({h: start + i for i, h in enumerate(hashes)})
+        self.n_rows, self.dim = start + n_new, dim
+
+    def _write(self, path: Path, start: int, columns: Mapping[str, np.ndarray | list]) -> None:
+        stop = start + len(columns["features"])
+        with h5py.File(path, "a") as f:
             if "features" not in f:
-                self._create(f, dim)
-            start, stop = self.n_rows, self.n_rows + n_new
-            for key, values in (("features", features), ("sha256", np.array(hashes, dtype="S64")),
-                                ("digest", row_digest(features)), ("path", paths), ("label", labels)):
+                self._create(f, columns["features"].shape[1])
+            for key in _COLUMNS:
                 ds = f[key]
                 if ds.shape[0] < stop:
                     ds.resize(stop, axis=0)
-                ds[start:stop] = values
+                ds[start:stop] = columns[key]
             f.flush()
             f.attrs["n_rows"] = stop
-        self._index.update({h: start + i for i, h in enumerate(hashes)})
-        self.n_rows, self.dim = stop, dim
+
+    def _rewrite(self) -> bool:
+        """Replace the file with a fresh copy of its committed, verified rows (atomic rename); False if not possible."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with h5py.File(self.path, "r") as old:
+                columns = {key: old[key][: self.n_rows] for key in _COLUMNS}
+            if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
+                return False
+            tmp.unlink(missing_ok=True)
+            self._write(tmp, 0, columns)
+            os.replace(tmp, self.path)
+            return True
+        except _H5_ERRORS:
+            tmp.unlink(missing_ok=True)
+            return False
 
     def _create(self, f: h5py.File, dim: int) -> None:
         for key, value in self.attrs.items():  # one attribute each for people browsing the file
@@ -184,5 +220,9 @@ class FeatureCache:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
