@@ -133,6 +133,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
     """Build the headless application ``name`` with global pooling, frozen (``trainable=False``).
 
     ``weights`` is "imagenet" (downloaded by Keras on a connected machine), None (random) or a local file.
+    Random weights are seeded (Keras's global seed is reset to 0): the cache keys them as "random", so
+    every process must draw the same ones.
     """
     spec = get_spec(name)
     size = input_size or spec.native_size
@@ -145,6 +147,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
     if weights not in (None, "imagenet"):
         weights_identity(weights)  # clear error for a missing file
         kwargs["weights"] = str(weights)
+    if weights is None:
+        keras.utils.set_random_seed(0)
     try:
         model = spec.factory(**kwargs)
     except ValueError as exc:
