@@ -12,3 +12,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 __version__ = "0.1.0"
 
 from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
+from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras safe_mode by default

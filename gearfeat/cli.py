@@ -1,14 +1,19 @@
 """The ``gearfeat`` command line (also ``python -m gearfeat``).
 
 Exit status: 0 success; 1 error (one line on stderr); 2 bad usage; 3 success but some input files were
-skipped (listed on stderr and in skipped.json); 130 interrupted (the cache keeps what was computed).
+skipped (listed on stderr and in skipped.json; for predict, some images got no label); 130 interrupted by
+Ctrl-C or SIGTERM (the cache keeps what was computed: run again to resume).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from .errors import GearfeatError
 
@@ -197,14 +202,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gearfeat`` console command."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
+    with warnings.catch_warnings(), _sigterm_interrupts():
+        warnings.showwarning = _show_warning
+        try:
+            return run(args)
+        except GearfeatError as exc:
+            _log(f"gearfeat: error: {exc}")
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            _log("gearfeat: interrupted; what was computed is kept in the cache, run again to resume")
+            return EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _log(f"gearfeat: warning: {message}")  # one line, not Python's file:line + source echo
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (a scheduler or ``kill`` stopping the job) like Ctrl-C: commit what was computed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return run(args)
-    except GearfeatError as exc:
-        _log(f"gearfeat: error: {exc}")
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        _log("gearfeat: interrupted; what was computed is kept in the cache, run again to resume")
-        return EXIT_INTERRUPTED
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

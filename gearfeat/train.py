@@ -45,12 +45,15 @@ class TrainResult:
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
                     batch_size: int | None = None, progress: bool = True,
                     log: Callable[[str], None] = print) -> Extraction:
-    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command)."""
+    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command).
+
+    The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
+    """
     dataset = scan_dataset(data_dir)
     extractor = FeatureExtractor(config, progress=progress, **({"batch_size": batch_size} if batch_size else {}))
     extraction = extractor.extract(dataset, cache_dir)
     extraction.skipped = dataset.skipped + extraction.skipped
-    write_skipped(extraction.skipped, Path(extraction.cache_path).with_suffix(".skipped.json"))
+    write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")
     for item in extraction.skipped:
         log(f"skipped {item.path}: {item.reason}")
     log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
