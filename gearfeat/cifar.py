@@ -43,7 +43,9 @@ DEFAULT_BACKBONE = "resnet50"  # why: README, "CIFAR-10 with Keras Applications 
 HEAD_DEFAULTS = {"hidden": (512,), "dropout": 0.5, "batch_size": 256, "epochs": 50, "patience": 5}
 """The dense head's settings for CIFAR-10's 45,000 training features (the rest is DenseHead's defaults)."""
 RELOAD_CHECK_IMAGES = 64  # test images run through the reloaded .h5 to prove it equals head(features)
-RELOAD_TOLERANCE = 1e-3  # largest |p_saved - p_head| accepted (float noise of one backbone run is ~1e-6)
+# largest |p_saved - p_head| accepted: two graphs of one backbone differ by ~1e-6 on a CPU and more on GPUs
+# computing in TF32; a wrong model (other weights, other preprocessing) differs by tenths
+RELOAD_TOLERANCE = 0.02
 _WHAT_TO_PASS = "the official cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder"
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -125,7 +127,8 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     images give ``test_accuracy`` (and the scikit-learn ``baseline`` on the same features, the published
     linear-probe protocol, gives ``baseline_test_accuracy``). ``plots`` names a folder for ``loss.png`` and
     ``confusion.png``. Returns the figures; the test accuracies are also stored in the model file
-    (:func:`gearfeat.stitch.model_info`).
+    (:func:`gearfeat.stitch.model_info`). ``out`` is written only once the saved file, reloaded in safe mode,
+    has been checked against the head; a file that fails leaves ``out`` as it was.
     """
     started = time.perf_counter()
     config = config or ExtractorConfig(DEFAULT_BACKBONE, image_size=IMAGE_SIZE)
@@ -178,11 +181,19 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     # the grader evaluates with one-hot labels: categorical (not sparse) cross-entropy
     model.compile(optimizer=keras.optimizers.Adam(head.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
-    path = save_model(model, out, list(CLASS_NAMES), kind="cifar10", image_size=IMAGE_SIZE,
-                      backbone=config.backbone, backbone_size=config.backbone_size,
-                      **{key: metrics[key] for key in ("test_accuracy", "baseline_test_accuracy")})
-    metrics["saved_vs_head_max_abs_diff"] = _reload_check(path, x_test[:RELOAD_CHECK_IMAGES],
-                                                          y_test[:RELOAD_CHECK_IMAGES], proba)
+    path = Path(out)
+    unchecked = path.with_name(f".{path.stem}.unchecked.h5")  # becomes ``out`` only once it passes the check
+    try:
+        save_model(model, unchecked, list(CLASS_NAMES), kind="cifar10", image_size=IMAGE_SIZE,
+                   backbone=config.backbone, backbone_size=config.backbone_size,
+                   **{key: metrics[key] for key in ("test_accuracy", "baseline_test_accuracy")})
+        metrics["saved_vs_head_max_abs_diff"] = _reload_check(unchecked, x_test[:RELOAD_CHECK_IMAGES],
+                                                              y_test[:RELOAD_CHECK_IMAGES], proba)
+        os.replace(unchecked, path)
+    except GearfeatError as exc:
+        raise GearfeatError(f"{path} not written: {exc}") from None
+    finally:
+        unchecked.unlink(missing_ok=True)
     metrics["seconds"] = {"extract": extract_seconds, "head": head_seconds, "baseline": baseline_seconds,
                           "total": time.perf_counter() - started}
     if plots is not None:
@@ -199,19 +210,21 @@ def _reload_check(path: Path, images: np.ndarray, labels: np.ndarray, head_proba
     """Reload the saved file as a grader does (safe mode); return max |p_saved - p_head| on ``images``.
 
     Also evaluates it on one-hot labels, so a file whose compiled loss or metric does not fit
-    :func:`model_inputs` fails here rather than in the grader's hands.
+    :func:`model_inputs` fails here rather than in the grader's hands. Raises :class:`GearfeatError` saying
+    what failed.
     """
     model = load_model(path)  # keras.models.load_model in its default safe mode, as a grader calls it
     X_p, Y_p = model_inputs(images, labels)
     saved = model.predict(X_p, batch_size=len(X_p), verbose=0)
     loss, accuracy = model.evaluate(X_p, Y_p, batch_size=len(X_p), verbose=0)
     delta = max_abs_difference(saved, head_proba[: len(X_p)])
-    if not np.isfinite(loss) or abs(accuracy - np.mean(saved.argmax(axis=1) == labels)) > 1e-6:
-        raise GearfeatError(f"{path}: evaluate() on one-hot labels gives accuracy {accuracy:.4f}, not that "
-                            "of its own predictions; the saved file is not usable")
+    own = np.mean(saved.argmax(axis=1) == labels)
+    if not np.isfinite(loss) or abs(accuracy - own) > 1.5 / len(X_p):  # one near-tie may flip between calls
+        raise GearfeatError(f"the saved model, reloaded, evaluates to accuracy {accuracy:.4f} on one-hot "
+                            "labels, not that of its own predictions")
     if delta > RELOAD_TOLERANCE:
-        raise GearfeatError(f"{path}: the reloaded model's probabilities differ from the head's on cached "
-                            f"features by {delta:.2g}; the saved file is not the trained model")
+        raise GearfeatError(f"the saved model, reloaded, differs from the head on cached features by "
+                            f"{delta:.2g} in probability (features cached from other weights?)")
     return delta
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gearfeat import cifar as cifar_module
 from gearfeat import extractor as extractor_module
 from gearfeat.cifar import CLASS_NAMES, load_cifar10, train_cifar10
 from gearfeat.errors import GearfeatError
@@ -246,10 +247,16 @@ def test_rerun_reuses_every_cached_feature_and_trains_only_the_head(trained, cif
         raise AssertionError("the backbone ran again on images already in the cache")
 
     monkeypatch.setattr(extractor_module.FeatureExtractor, "features_of", backbone_must_not_run)
-    result = train_cifar10(tmp_path / "again.h5", data=cifar[0], cache_dir=cwd / "cache",
-                           config=tiny_config(backbone="resnet50", alpha=None, backbone_size=48),
-                           head=DenseHead(hidden=(32,), epochs=1),
-                           progress=False, log=lambda message: None)
+    config = tiny_config(backbone="resnet50", alpha=None, backbone_size=48)  # the script run's settings
+    run = dict(data=cifar[0], cache_dir=cwd / "cache", config=config, head=DenseHead(hidden=(32,), epochs=1),
+               progress=False, log=lambda message: None)
+    with monkeypatch.context() as strict:  # a saved file that fails its reload check is never left behind
+        strict.setattr(cifar_module, "RELOAD_TOLERANCE", -1.0)
+        with pytest.raises(GearfeatError, match=r"again.h5 not written: the saved model, reloaded, differs"):
+            train_cifar10(tmp_path / "again.h5", **run)
+    assert list(tmp_path.iterdir()) == []
+    result = train_cifar10(tmp_path / "again.h5", **run)
+    assert [p.name for p in tmp_path.iterdir()] == ["again.h5"]
     assert result.metrics["n_train"] + result.metrics["n_val"] == 5 * PER_BATCH
     assert result.metrics["n_val"] == 5 * PER_BATCH // 10 and result.metrics["n_test"] == N_TEST
     assert result.metrics["saved_vs_head_max_abs_diff"] < 1e-4
