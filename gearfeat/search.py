@@ -298,7 +298,7 @@ def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarra
         model = "dense"
         head = DenseHead(**params, seed=seed).fit(X_train, y_train, validation_data=(X_val, y_val),
                                                   n_classes=n_classes)
-        proba = head.predict_proba(X_val)
+        proba = np.asarray(head.model_(X_val, training=False))  # eager: no predict function to trace per head
         predicted = proba.argmax(axis=1)
         epochs_run, best_epoch = len(head.history_["loss"]), int(head.best_epoch_)
     return {
@@ -579,10 +579,10 @@ def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Ma
         f"{info['trials']} trials ({info['strategy']} search) of {info['configurations']} configurations, "
         f"{info['backend']} backend, {info['seconds']:.1f} s. Ranked by validation accuracy, then validation "
         "loss (cross-entropy; none for baselines without probabilities).", "",
-        f"Winner: trial {winner['trial']} ({winner['model']}), test accuracy {winner['test_accuracy']:.4f} "
-        f"(the only use of the test split). `model.h5` holds the best dense head (test accuracy "
-        f"{metrics['test_accuracy']:.4f}); the best baseline, {metrics['baseline']}, is `baseline.joblib` "
-        f"(test accuracy {metrics['baseline_test_accuracy']:.4f}).", "",
+        f"Winner: trial {winner['trial']} ({winner['model']}), test accuracy {winner['test_accuracy']:.4f}. "
+        f"`model.h5` holds the best dense head (test accuracy {metrics['test_accuracy']:.4f}), "
+        f"`baseline.joblib` the best baseline, {metrics['baseline']} (test accuracy "
+        f"{metrics['baseline_test_accuracy']:.4f}): the only uses of the test split, one per model.", "",
     ]
     if influence:
         name, share = next(iter(influence.items()))

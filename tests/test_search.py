@@ -11,8 +11,8 @@ from gearfeat.cli import main
 from gearfeat.dataset import split_dataset
 from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
-from gearfeat.search import (DEFAULT_SPACE, PARAMS, SearchSpace, parse_param, parse_space, rank_trials,
-                             run_trials, search)
+from gearfeat.search import (DEFAULT_SPACE, PARAMS, SearchSpace, parameter_influence, parse_param, parse_space,
+                             plot_search, rank_trials, run_trials, search)
 from gearfeat.train import SplitConfig, extract_dataset
 
 from conftest import tiny_config
@@ -113,6 +113,18 @@ def test_configurations_grid_and_seeded_random():
                                                                        {"baseline": "svc"}]
     with pytest.raises(GearfeatError, match="number of trials must be a positive integer or 'all', got 0"):
         space.configurations(0)
+
+
+def test_parameter_influence_and_the_search_figure(tmp_path):
+    rows = [{"trial": i, "model": "dense", "val_accuracy": 0.5 + 0.4 * (lr == 1e-2) + 0.01 * (dropout == 0.5),
+             "params": {"dropout": dropout, "learning_rate": lr}}
+            for i, (dropout, lr) in enumerate([(0.2, 1e-3), (0.2, 1e-2), (0.5, 1e-3), (0.5, 1e-2)] * 2)]
+    influence = parameter_influence(rows)
+    assert list(influence) == ["learning_rate", "dropout"]
+    assert influence["learning_rate"] > 0.99 and influence["dropout"] < 0.01
+    assert Image.open(plot_search(rows, tmp_path / "search.png")).size[0] > 500
+    assert parameter_influence(rows[:1]) == {}
+    assert Image.open(plot_search(rows[:1], tmp_path / "one.png")).size[0] > 500
 
 
 # ------------------------------------------------------------------------------------------ trials
