@@ -7,7 +7,7 @@ Data flow: images (:mod:`~gearfeat.images`, :mod:`~gearfeat.dataset`) -> feature
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter (CUDA probing on CPU hosts); errors still raise
 
 __version__ = "0.1.0"
 

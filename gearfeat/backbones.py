@@ -1,7 +1,6 @@
 """A registry of the Keras Applications usable as frozen feature extractors (timm-style list/create)."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,6 +10,7 @@ from typing import Callable
 import keras
 
 from .errors import GearfeatError, WeightsUnavailableError
+from .fileio import hash_file
 
 A = keras.applications
 
@@ -99,11 +99,7 @@ def get_spec(name: str) -> BackboneSpec:
 
 @lru_cache(maxsize=32)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path)  # memoized on (path, size, mtime): weights files can be large
 
 
 def weights_identity(weights: str | os.PathLike | None) -> str:

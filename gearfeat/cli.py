@@ -68,6 +68,32 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_fit_options(parser: argparse.ArgumentParser, *, learning_rate: float, epochs: int, patience: int,
+                    max_minutes: float, reduce_lr_patience: int) -> None:
+    """Options of end-to-end training on images (``cnn``, ``finetune``), with the command's defaults."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--learning-rate", type=float, default=learning_rate,
+                   help=f"Adam's learning rate (default {learning_rate:g})")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--epochs", type=int, default=epochs, help=f"at most this many epochs (default {epochs})")
+    g.add_argument("--patience", type=int, default=patience,
+                   help=f"early stopping: epochs without a lower validation loss (default {patience})")
+    g.add_argument("--reduce-lr-patience", type=int, default=reduce_lr_patience,
+                   help="halve the learning rate after this many epochs without improvement (0: never; "
+                        f"default {reduce_lr_patience})")
+    g.add_argument("--max-minutes", type=float, default=max_minutes,
+                   help="stop before an epoch that would end past this many minutes of training "
+                        f"(0: no limit; default {max_minutes:g})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fit_config(args: argparse.Namespace):
+    from .fitting import FitConfig
+    return FitConfig(learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
+                     patience=args.patience, reduce_lr_patience=args.reduce_lr_patience or None,
+                     max_minutes=args.max_minutes or None)
+
+
 def extractor_config(args: argparse.Namespace):
     from .extractor import ExtractorConfig
     return ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
@@ -128,6 +154,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
 
+def cmd_cnn(args: argparse.Namespace) -> int:
+    from .cnn import train_cnn
+    from .train import SplitConfig
+    result = train_cnn(args.data_dir, args.out, layers=args.layers, augment=args.augment,
+                       image_size=args.image_size, config=fit_config(args),
+                       split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
+                       progress=not args.no_progress, log=_log)
+    print(result.run_dir / "model.h5")
+    return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+    result = finetune(args.run_dir, args.out, unfreeze=args.unfreeze, config=fit_config(args),
+                      data_dir=args.data_dir, progress=not args.no_progress, log=_log)
+    print(result.run_dir / "model.h5")
+    return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_images
     predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
@@ -139,6 +184,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.plot:
         _log(f"wrote {args.plot}")
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(write_report(args.run_dirs, args.out, predictions_png=args.predictions))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .backbones import get_spec
+    from .demo import DEMO_CONFIG, run_demo
+    if get_spec(args.backbone).name == DEMO_CONFIG.backbone:  # the demo's width and size unless given
+        args.alpha = DEMO_CONFIG.alpha if args.alpha is None else args.alpha
+        args.backbone_size = args.backbone_size or DEMO_CONFIG.backbone_size
+    result = run_demo(args.out, args.weights, config=extractor_config(args), head=dense_head(args),
+                      baseline=args.baseline, baseline_c=args.baseline_c, per_class=args.per_class,
+                      n_new=args.new_images, seed=args.seed, cache_dir=args.cache_dir,
+                      progress=not args.no_progress, log=_log)
+    metrics = result.train.metrics
+    print(f"demo finished in {result.seconds:.0f} s: test accuracy {metrics['test_accuracy']:.4f} (dense head), "
+          f"{metrics['baseline_test_accuracy']:.4f} ({metrics['baseline']} baseline)")
+    if result.config.weights is None:
+        print("NOTE: the backbone has random initialization, not pretrained weights (see the report)")
+    for what, where in result.artifacts():
+        print(f"  {what:20} {where}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +266,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true",
                    help="load with safe_mode=False (runs code stored in the file: only for files you trust)")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("report", help="write a journal-style Markdown report of run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="--out folders of train, search, finetune or cnn runs")
+    p.add_argument("--out", required=True, help="the report to write (.md); its figures go in <name>_files/")
+    p.add_argument("--predictions", default=None, help="a prediction grid PNG (from predict --plot) to include")
+    p.set_defaults(run=cmd_report)
+
+    from .demo import DEMO_CONFIG, NEW_IMAGES, PER_CLASS
+    p = sub.add_parser("demo", help="the whole workflow on generated shape images, no data needed",
+                       description="Draw a small shapes dataset in OUT/data, train on it (features cached in "
+                                   "OUT/cache unless --cache-dir), predict new images, write OUT/report.md. "
+                                   f"Backbone by default: {DEMO_CONFIG.backbone} at {DEMO_CONFIG.backbone_size} px "
+                                   "(another --backbone: its own defaults). "
+                                   "Offline, --weights imagenet falls back to random initialization and says so.")
+    p.add_argument("--out", required=True, help="folder for everything the demo writes")
+    p.add_argument("--per-class", type=int, default=PER_CLASS, help=f"images drawn per shape ({PER_CLASS})")
+    p.add_argument("--new-images", type=int, default=NEW_IMAGES, help=f"new images to predict ({NEW_IMAGES})")
+    add_extractor_options(p)
+    add_head_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawing, the split and the training")
+    p.set_defaults(run=cmd_demo, backbone=DEMO_CONFIG.backbone, image_size=DEMO_CONFIG.image_size, cache_dir=None)
+
+    from .architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, list_layers
+    p = sub.add_parser("cnn", help="train a CNN from scratch on the images, save model.h5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="layers: " + ", ".join(t.usage() for t in list_layers(augment=False))
+                       + "\naugmentation: " + ", ".join(t.usage() for t in list_layers(augment=True)))
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--layers", default=DEFAULT_LAYERS,
+                   help=f"architecture after the input and rescaling, before the softmax output "
+                        f"(default {DEFAULT_LAYERS})")
+    p.add_argument("--augment", default=DEFAULT_AUGMENT,
+                   help=f"augmentation layers, active only in training, or 'none' "
+                        f"(default {DEFAULT_AUGMENT})")
+    p.add_argument("--image-size", type=int, default=128, help="standardized square image size (default 128)")
+    add_split_options(p)
+    add_fit_options(p, learning_rate=1e-3, epochs=100, patience=10, reduce_lr_patience=4, max_minutes=20)
+    p.set_defaults(run=cmd_cnn)
+
+    p = sub.add_parser("finetune", help="unfreeze the top of a transfer run's backbone and train end to end")
+    p.add_argument("run_dir", help="the --out folder of a `gearfeat train` run")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--unfreeze", type=int, required=True,
+                   help="how many top backbone layers to train (batch normalization stays frozen)")
+    p.add_argument("--data-dir", default=None, help="the images (default: the data folder of RUN_DIR)")
+    add_fit_options(p, learning_rate=1e-5, epochs=20, patience=3, reduce_lr_patience=0, max_minutes=0)
+    p.set_defaults(run=cmd_finetune)
     return parser
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,9 @@ from .images import decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
 
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_STREAMS = 3  # batches in the backbone at once: fills the cores that one call leaves idle
+DEFAULT_PREFETCH = 2  # batches decoded ahead of the backbone
 _COMMIT_SECONDS = 5.0  # how often computed rows are committed to the cache file
 
 
@@ -106,30 +110,43 @@ class FeatureExtractor:
     """Holds a built extractor model and streams images through it into a :class:`FeatureCache`."""
 
     def __init__(self, config: ExtractorConfig, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, progress: bool = True):
-        if batch_size < 1:
-            raise GearfeatError(f"batch size must be >= 1, got {batch_size}")
+                 streams: int = DEFAULT_STREAMS, workers: int | None = None, prefetch: int = DEFAULT_PREFETCH,
+                 progress: bool = True):
+        for name, value, least in (("batch size", batch_size, 1), ("streams", streams, 1),
+                                   ("prefetch", prefetch, 0), ("workers", 1 if workers is None else workers, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise GearfeatError(f"{name} must be an integer >= {least}, got {value!r}")
         self.config = config
         self.batch_size = batch_size
+        self.streams = streams
         self.workers = workers or min(4, os.cpu_count() or 1)
+        self.prefetch = prefetch
         self.progress = progress
         self._model: keras.Model | None = None
         self._forward = None
+        self._building = threading.Lock()
 
     @property
     def model(self) -> keras.Model:
-        if self._model is None:
-            self._model = build_extractor(self.config)
-            model = self._model
-            size = self.config.image_size
-            self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
-                                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        """The extractor model, built (with its compiled forward pass) on first use, by one thread."""
+        with self._building:
+            if self._model is None:
+                model = build_extractor(self.config)
+                size = self.config.image_size
+                # uint8 in, cast inside the graph: a quarter of the bytes to hand over, no numpy float copy
+                self._forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
+                                            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
+                                            autograph=False)
+                self._model = model
         return self._model
 
     def features_of(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of standardized uint8 images already in memory."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise GearfeatError(f"features_of expects standardized uint8 images, got {images.dtype}")
         self.model  # noqa: B018 - builds the model and its compiled forward pass
-        return self._forward(tf.convert_to_tensor(images, tf.float32)).numpy()
+        return self._forward(images).numpy()
 
     def extract(self, dataset: Dataset, cache_dir: str | os.PathLike = "cache") -> Extraction:
         """Features for every record of ``dataset``, computing only images the cache does not hold yet.
@@ -186,57 +203,83 @@ class FeatureExtractor:
 
     def _stream(self, cache: FeatureCache, hashes: list[str], paths: list[str], labels: list[str],
                 load: Callable[[int], np.ndarray], desc: str) -> list[Skipped]:
-        """Decode (threads) -> backbone (batches) -> cache, committing every few seconds and on interrupt."""
+        """Decode (threads) -> backbone (``streams`` batches at once) -> cache, committing every few seconds
+        and on the way out, interrupted or not."""
         failed: list[Skipped] = []
-        pending: list[int] = []
-        pending_features: list[np.ndarray] = []
+        in_flight: deque[tuple[list[int], Future]] = deque()  # in dataset order
+        computed: list[tuple[list[int], np.ndarray]] = []  # collected, not yet committed
 
         def commit() -> None:
-            if pending:
-                cache.append([hashes[i] for i in pending], np.concatenate(pending_features),
-                             [paths[i] for i in pending], [labels[i] for i in pending])
-                pending.clear()
-                pending_features.clear()
+            if computed:
+                rows = [i for batch_index, _ in computed for i in batch_index]
+                cache.append([hashes[i] for i in rows], np.concatenate([f for _, f in computed]),
+                             [paths[i] for i in rows], [labels[i] for i in rows])
+                computed.clear()
+
+        def collect_oldest() -> None:
+            batch_index, future = in_flight[0]
+            computed.append((batch_index, future.result()))  # one step: an interrupt leaves it in flight
+            in_flight.popleft()
+            bar.update(len(batch_index))
 
         last_commit = time.perf_counter()
-        with Progress(len(hashes), desc, unit="img", enabled=self.progress) as bar:
+        with Progress(len(hashes), desc, unit="img", enabled=self.progress) as bar, \
+                ThreadPoolExecutor(self.streams, thread_name_prefix="gearfeat-backbone") as backbone:
+            if hashes:
+                backbone.submit(lambda: self.model)  # build and trace while the first batches decode
             try:
                 for batch_index, batch in self._decoded_batches(len(hashes), load, failed):
-                    pending_features.append(self.features_of(batch))
-                    pending.extend(batch_index)
-                    bar.update(len(batch_index))
+                    in_flight.append((batch_index, backbone.submit(self.features_of, batch)))
+                    if len(in_flight) >= self.streams:
+                        collect_oldest()
                     if time.perf_counter() - last_commit >= _COMMIT_SECONDS:
                         commit()
                         last_commit = time.perf_counter()
-            finally:
-                commit()  # also on KeyboardInterrupt: everything computed so far is kept
+                while in_flight:
+                    collect_oldest()
+            finally:  # also on KeyboardInterrupt or an error: keep every batch the backbone finished
+                for batch_index, future in in_flight:
+                    collected = bool(computed) and computed[-1][0] is batch_index
+                    if not collected and not future.cancel() and future.exception() is None:
+                        computed.append((batch_index, future.result()))
+                commit()
         return failed
 
     def _decoded_batches(self, n: int, load: Callable[[int], np.ndarray],
                          failed: list[Skipped]) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Batches of (indexes, images) decoded by a thread pool one batch ahead of the consumer."""
-        def load_batch(start: int) -> tuple[list[int], list[np.ndarray], list[Skipped]]:
-            ok, images, bad = [], [], []
-            indexes = range(start, min(n, start + self.batch_size))
-            for i, result in zip(indexes, pool.map(_try(load), indexes)):
-                if isinstance(result, ImageError):
-                    bad.append(Skipped(result.path, result.reason))
-                else:
-                    ok.append(i)
-                    images.append(result)
-            return ok, images, bad
+        """Batches of (indexes, images), decoded image by image by a thread pool that works up to
+        ``prefetch`` batches ahead of the consumer (so it never idles at a batch boundary)."""
+        guarded = _try(load)
+        starts = iter(range(0, n, self.batch_size))
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="gearfeat-decode") as pool:
+            ahead: deque[list[tuple[int, Future]]] = deque()
 
-        starts = range(0, n, self.batch_size)
-        with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as prefetch:
-            future = prefetch.submit(load_batch, 0) if n else None
-            for k in range(len(starts)):
-                ok, images, bad = future.result()
-                if k + 1 < len(starts):
-                    future = prefetch.submit(load_batch, starts[k + 1])
-                failed.extend(bad)
-                if ok:
-                    yield ok, np.stack(images)
+            def submit_next_batch() -> None:
+                start = next(starts, None)
+                if start is not None:
+                    stop = min(n, start + self.batch_size)
+                    ahead.append([(i, pool.submit(guarded, i)) for i in range(start, stop)])
 
+            try:
+                for _ in range(self.prefetch + 1):
+                    submit_next_batch()
+                while ahead:
+                    batch = ahead.popleft()
+                    submit_next_batch()
+                    ok, images = [], []
+                    for i, future in batch:
+                        result = future.result()
+                        if isinstance(result, ImageError):
+                            failed.append(Skipped(result.path, result.reason))
+                        else:
+                            ok.append(i)
+                            images.append(result)
+                    if ok:
+                        yield ok, np.stack(images)
+            finally:  # stopped early (error, interrupt): drop the decoding not started yet
+                for batch in ahead:
+                    for _, future in batch:
+                        future.cancel()
 
 def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | ImageError]:
     def wrapped(i: int):

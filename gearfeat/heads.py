@@ -6,9 +6,12 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .errors import GearfeatError
+
+_PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
@@ -79,14 +82,18 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.classes_ = np.arange(self.n_classes_)
         keras.utils.set_random_seed(self.seed)
         self.model_ = self.build(X.shape[1], self.n_classes_)
-        compile_model(self.model_, self.learning_rate)
+        batch_size = int(self.batch_size)
+        # one graph call per epoch (steps_per_execution) on an in-graph tf.data pipeline: the per-step
+        # Python round trips of fit(numpy) cost more than this small network's arithmetic
+        compile_model(self.model_, self.learning_rate, steps_per_execution=-(-len(X) // batch_size))
         callbacks = []
         if validation_data is not None:
-            validation_data = _check_xy(*validation_data)
+            validation_data = _batches(*_check_xy(*validation_data), batch_size=_PREDICT_BATCH)
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                            restore_best_weights=True))
-        fitted = self.model_.fit(X, y, validation_data=validation_data, batch_size=int(self.batch_size),
-                                 epochs=int(self.epochs), callbacks=callbacks, shuffle=True, verbose=self.verbose)
+        fitted = self.model_.fit(_batches(X, y, batch_size=batch_size, shuffle_seed=int(self.seed)),
+                                 validation_data=validation_data, epochs=int(self.epochs), callbacks=callbacks,
+                                 shuffle=False, verbose=self.verbose)  # shuffled by the pipeline
         self.history_ = {k: [float(v) for v in values] for k, values in fitted.history.items()}
         # EarlyStopping restores the best epoch's weights when training ends, stopped early or not
         self.best_epoch_ = callbacks[0].best_epoch + 1 if callbacks else len(self.history_["loss"])
@@ -94,18 +101,26 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, n_classes)."""
-        return np.asarray(self.model_.predict(np.asarray(X, np.float32), batch_size=1024, verbose=0))
+        return np.asarray(self.model_.predict(np.asarray(X, np.float32), batch_size=_PREDICT_BATCH, verbose=0))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted class indexes (N,)."""
         return self.predict_proba(X).argmax(axis=1)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+def compile_model(model: keras.Model, learning_rate: float, *, steps_per_execution: int = 1) -> keras.Model:
     """Compile a classifier with Adam, sparse categorical cross-entropy and accuracy (keywords: Keras 3)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
     return model
+
+
+def _batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """``(X, y)`` in batches as a tf.data pipeline, reshuffled every epoch from ``shuffle_seed`` if given."""
+    data = tf.data.Dataset.from_tensor_slices((X, y))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(X), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:

@@ -401,9 +401,11 @@ def _discussion(runs: Sequence[Run]) -> str:
     for cnn in (r for r in rows if r.run.command == "cnn"):
         if transfer:
             top = max(transfer, key=lambda r: r.accuracy)
+            total = top.run.info.get("seconds", {}).get("total", 0.0)
             text.append(f"The CNN trained from scratch (`{cnn.run.name}`) scores "
                         f"{_compare(cnn.accuracy, top.accuracy)} {top.name}, after {cnn.seconds or 0:.0f} s "
-                        f"of training against {top.seconds or 0:.1f} s.")
+                        f"of training against {total:.0f} s for the whole run `{top.run.name}` (feature "
+                        "extraction included).")
     weak = _weakest_class(best)
     if weak:
         text.append(f"The hardest class for {best.name} is {weak[0]} (recall {weak[1]:.3f} on {weak[2]} "

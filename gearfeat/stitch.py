@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[st
         raise GearfeatError(f"model path must end in .h5, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy.*")
+    with _quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
         model.save(tmp)
     with h5py.File(tmp, "a") as f:
         f.attrs[_META_KEY] = json.dumps({"class_names": list(class_names), **meta})
@@ -58,7 +58,8 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
     """
     path = _existing(path)
     try:
-        return keras.models.load_model(path, safe_mode=safe_mode, compile=compile)
+        with _quiet_absl():
+            return keras.models.load_model(path, safe_mode=safe_mode, compile=compile)
     except ValueError as exc:
         if "lambda" in str(exc).lower() and "safe_mode" in str(exc):
             raise GearfeatError(
@@ -67,6 +68,17 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
         raise GearfeatError(f"{path}: cannot load model: {str(exc).splitlines()[0]}") from None
     except (OSError, KeyError, TypeError) as exc:
         raise GearfeatError(f"{path}: not a loadable Keras model file ({str(exc).splitlines()[0]})") from None
+
+
+@contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _existing(path: str | os.PathLike) -> Path:

@@ -67,7 +67,7 @@ def test_duplicate_files_are_computed_once(shapes_copy, tmp_path):
 def test_interrupted_extraction_resumes_and_matches(shapes_dir, tmp_path, monkeypatch):
     reference = FeatureExtractor(tiny_config(), progress=False).extract(scan_dataset(shapes_dir), tmp_path / "ref")
     monkeypatch.setattr(extractor_module, "_COMMIT_SECONDS", 0.0)
-    fx = FeatureExtractor(tiny_config(), progress=False, batch_size=8)
+    fx = FeatureExtractor(tiny_config(), progress=False, batch_size=8, streams=1)  # one batch at a time
     calls = {"n": 0}
     real = fx.features_of
 
