@@ -13,3 +13,8 @@ __version__ = "0.1.0"
 
 from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
 from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras safe_mode by default
+from .backbones import create_backbone, list_backbones  # noqa: E402,F401
+from .predict import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
+from .train import extract_dataset as extract, train  # noqa: E402,F401
+
+__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "train"]

@@ -126,3 +126,13 @@ def test_python_lambda_model_is_refused_and_its_code_never_runs(tmp_path, capsys
     assert main(["predict", str(path), "x.jpg"]) == 1
     assert "refused to load" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
+    import gearfeat
+    extraction = gearfeat.extract(shapes_dir, tiny_config(), cache_dir=tmp_path, progress=False, log=lambda m: None)
+    assert extraction.features.shape == (60, 1280)
+    image = next((shapes_dir / "circle").iterdir())
+    [prediction] = gearfeat.predict(run.run_dir / "model.h5", [image])
+    assert prediction.label in ("circle", "square", "triangle") and prediction.error is None
+    assert "mobilenet_v2" in gearfeat.list_backbones() and callable(gearfeat.train)
