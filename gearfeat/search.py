@@ -429,9 +429,10 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
     rows: list[dict[str, Any]] = [{} for _ in configurations]
     with spec.connect(address) as settings, joblib.parallel_config(n_jobs=int(jobs), **settings):
-        workers = max(1, min(len(configurations), joblib.effective_n_jobs()))
+        workers = max(1, min(len(configurations), joblib.effective_n_jobs(int(jobs))))
         threads = spec.threads(workers)
-        log(f"search: {len(configurations)} trials on {workers} {backend} worker{'s' * (workers > 1)}"
+        log(f"search: {len(configurations)} trial{'s' * (len(configurations) != 1)} on {workers} {backend} "
+            f"worker{'s' * (workers > 1)}"
             + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
         calls = (joblib.delayed(_numbered_trial)(i, dict(params), *arrays, n_classes, seed, threads)
                  for i, params in enumerate(configurations))

@@ -130,9 +130,11 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
 # ------------------------------------------------------------------------------------------ trials
 def test_trials_are_deterministic_and_ranked(blobs):
     configurations = SearchSpace(FAST).configurations()
-    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
+    messages = []
+    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, progress=False, log=messages.append)
     again = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
     assert _results(first) == _results(again)
+    assert re.fullmatch(r"search: 5 trials on 2 loky workers, \d+ TensorFlow threads? each", messages[0])
     assert [r["params"] for r in first] == configurations
     assert {r["model"] for r in first} == {"dense", "logreg"}
     dense = [r for r in first if r["model"] == "dense"]
@@ -166,7 +168,9 @@ def test_dask_backend_on_a_local_cluster(blobs):
     configurations = SearchSpace(FAST).configurations()
     with pytest.raises(GearfeatError, match="--backend dask needs --address"):
         run_trials(configurations, *blobs, backend="dask", **quiet)
-    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    messages = []
+    local = run_trials(configurations, *blobs, jobs=1, progress=False, log=messages.append)
+    assert messages == ["search: 5 trials on 1 loky worker"]  # in this process, its thread pools untouched
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
