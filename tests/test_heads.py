@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
+from gearfeat.heads import DenseHead, _EagerValidation
 
 
 def _blobs(n_per_class=60, dim=32, classes=3, seed=0):
@@ -45,3 +45,17 @@ def test_invalid_parameters_are_named(param):
     X, y = _blobs(n_per_class=5)
     with pytest.raises(GearfeatError, match=next(iter(param))):
         DenseHead(**param).fit(X, y)
+
+
+def test_validation_logs_equal_keras_evaluate():
+    X, y = _blobs(n_per_class=10)
+    Xv, yv = _blobs(n_per_class=400, seed=3)  # more rows than one prediction batch
+    head = DenseHead(hidden=(8,), epochs=2, patience=5).fit(X, y, validation_data=(Xv, yv))
+    logs = {}
+    validation = _EagerValidation(Xv, yv)
+    validation.set_model(head.model_)
+    validation.on_epoch_end(0, logs)
+    expected = head.model_.evaluate(Xv, yv, verbose=0, return_dict=True)
+    assert logs["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert logs["val_accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    np.testing.assert_allclose(head.predict_proba(Xv), head.model_.predict(Xv, verbose=0), atol=1e-6)
