@@ -71,7 +71,9 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
 
     Uses the run's data folder (or ``data_dir``), image size and split, so the test split is the one the
     head-only model was measured on; ``metrics.json`` has ``test_accuracy`` after fine-tuning and
-    ``head_only_test_accuracy``, the starting model on the same test images.
+    ``head_only_test_accuracy``, the starting model on the same test images (and its ``head_only_test_loss``,
+    ``head_only_val_accuracy``, ``head_only_val_loss``). Losses are the mean cross-entropy, without the
+    head's L2 penalty that Keras adds to the ``val_loss`` of ``history.json``.
     """
     started = time.perf_counter()
     config = config or DEFAULT_FIT
@@ -91,7 +93,10 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
             "head-only and fine-tuned accuracies below are both measured on the new test split")
     load_seconds = time.perf_counter() - started
 
-    head_only = evaluate(model, data, "test")
+    before = {part: evaluate(model, data, part) for part in ("test", "val")}
+    head_only = before["test"]
+    head_only_metrics = {f"head_only_{part}_{k}": scores[k] for part, scores in before.items()
+                         for k in ("accuracy", "loss")}
     log(f"head-only test accuracy {head_only['accuracy']:.4f} (loss {head_only['loss']:.4f}); unfreezing the "
         f"top {unfreeze} backbone layers ({len(unfrozen)} trainable, batch normalization stays frozen)")
     keras.utils.set_random_seed(split.seed)
@@ -104,7 +109,7 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
         record={"source_run": str(Path(run_dir).resolve()), "unfreeze": unfreeze, "unfrozen_layers": unfrozen,
                 "trainable_parameters": trainable, "fit": asdict(config), "extractor": extractor},
         seconds={"load": load_seconds}, started=started,
-        metrics={"head_only_test_accuracy": head_only["accuracy"], "head_only_test_loss": head_only["loss"]},
+        metrics=head_only_metrics,
         model_meta={"backbone": extractor.get("backbone"), "unfreeze": unfreeze}, log=log)
     tuned = result.metrics
     log(f"fine-tuned test accuracy {tuned['test_accuracy']:.4f}, loss {tuned['test_loss']:.4f} "

@@ -65,6 +65,7 @@ def test_metrics_report_before_and_after_on_the_same_test_split(tuned, transfer)
     metrics = json.loads((tuned.run_dir / "metrics.json").read_text())
     source = json.loads((transfer / "metrics.json").read_text())
     assert metrics["head_only_test_accuracy"] == pytest.approx(source["test_accuracy"])
+    assert metrics["head_only_val_accuracy"] == pytest.approx(source["val_accuracy"])
     assert 0 <= metrics["test_accuracy"] <= 1
     assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
     record = json.loads((tuned.run_dir / "run.json").read_text())
