@@ -22,12 +22,17 @@ import _common as C
 
 
 def main() -> None:
-    args = C.arguments(__doc__, **{"--rounds": dict(type=int, default=3, help="alternating rounds")})
+    args = C.arguments(__doc__, **{
+        "--rounds": dict(type=int, default=3, help="alternating rounds"),
+        "--generated": dict(type=int, default=None, metavar="N",
+                            help="use N generated JPEGs instead of the gear images (fixed costs weigh less)"),
+    })
     C.header("goal 3: warm cache is free (warm / cold, +10 % / cold)", args)
     from gearfeat.extractor import ExtractorConfig
     from gearfeat.train import extract_dataset
 
-    source = C.real_gear() or C.generated_jpegs(40 if args.quick else 1000)
+    source = (C.generated_jpegs(args.generated) if args.generated else None) or C.real_gear() or \
+        C.generated_jpegs(40 if args.quick else 2000)
     weights = C.real_weights()
     config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=weights, image_size=128,
                              backbone_size=64 if args.quick else None)

@@ -10,7 +10,7 @@ killed enough. The summary says how many kills it survived, after how many the n
 committed rows) and after how many it had to rebuild a damaged file.
 
     flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/soak_kill.py            # 60 rounds
-    flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/soak_kill.py --quick    # 12 rounds
+    flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/soak_kill.py --quick    # 6 rounds (CI)
 
 ``tests/test_reliability.py`` runs a short version of the same loop (:func:`kill_loop`).
 """
@@ -173,12 +173,12 @@ def _count_warnings(stats: SoakStats, err: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="12 rounds, 300 images")
-    parser.add_argument("--rounds", type=int, default=None, help="kill rounds (default 60, 12 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="6 kills, 300 images (the CI smoke run)")
+    parser.add_argument("--rounds", type=int, default=None, help="kills (default 60, 6 with --quick)")
     parser.add_argument("--images", type=int, default=None, help="images per class (default 300, 100 quick)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    rounds = args.rounds or (12 if args.quick else 60)
+    rounds = args.rounds or (6 if args.quick else 60)
     per_class = args.images or (100 if args.quick else 300)
 
     from gearfeat.shapes import make_shapes_dataset
