@@ -16,5 +16,6 @@ from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras sa
 from .backbones import create_backbone, list_backbones  # noqa: E402,F401
 from .predict import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
 from .train import extract_dataset as extract, train  # noqa: E402,F401
+from .search import search  # noqa: E402,F401
 
-__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "train"]
+__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "search", "train"]

@@ -136,3 +136,5 @@ def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
     [prediction] = gearfeat.predict(run.run_dir / "model.h5", [image])
     assert prediction.label in ("circle", "square", "triangle") and prediction.error is None
     assert "mobilenet_v2" in gearfeat.list_backbones() and callable(gearfeat.train)
+    from gearfeat.search import search
+    assert gearfeat.search is search  # `gearfeat search` as a function
