@@ -17,10 +17,10 @@ import argparse
 import sys
 
 import gearfeat  # noqa: F401  registers the Lambda functions that cifar10.h5 refers to
-from gearfeat.cifar import DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs, train_cifar10
+from gearfeat.cifar import CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs, train_cifar10
 from gearfeat.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_head_options, dense_head
 from gearfeat.errors import GearfeatError
-from gearfeat.extractor import DEFAULT_BATCH_SIZE, ExtractorConfig
+from gearfeat.extractor import ExtractorConfig
 
 EPILOG = """\
 dense head: gearfeat's defaults (--l2 0.0001 --learning-rate 0.001) except
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-size", type=int, default=None,
                    help="size the Lambda layer upscales 32x32 images to (default: the application's own)")
     g.add_argument("--cache-dir", default="cache", help="feature cache folder (default ./cache)")
-    g.add_argument("--batch-size-extract", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images per backbone batch (default {DEFAULT_BATCH_SIZE})")
+    g.add_argument("--batch-size-extract", type=int, default=CIFAR_BATCH_SIZE,
+                   help=f"images per backbone batch (default {CIFAR_BATCH_SIZE})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("validation and output")
     g.add_argument("--val-fraction", type=float, default=0.1,

@@ -51,6 +51,12 @@ def test_features_equal_direct_model_output(shapes_dir, tmp_path):
     np.testing.assert_allclose(result.features, direct, atol=1e-5)
 
 
+def test_concurrent_streams_share_one_trace(shapes_dir, tmp_path):
+    fx = FeatureExtractor(tiny_config(), progress=False, batch_size=4, streams=6)
+    fx.extract(scan_dataset(shapes_dir), tmp_path)  # 15 batches, the last one smaller, 6 at once
+    assert fx._forward.experimental_get_tracing_count() == 1
+
+
 def test_any_setting_change_gives_a_new_cache_file(shapes_dir, tmp_path):
     paths = {FeatureCache.path_for(tmp_path, tiny_config(**change).cache_attrs())
              for change in ({}, {"image_size": 40}, {"backbone_size": 40}, {"alpha": 0.5}, {"pooling": "max"})}
