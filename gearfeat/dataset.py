@@ -14,6 +14,7 @@ import stat
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
 __all__ = [
     "ImageRecord", "Skipped", "Dataset", "scan_dataset", "split_dataset", "write_skipped", "hash_file",
 ]
+
+_HASH_THREADS = min(4, os.cpu_count() or 1)  # files hashed at once by scan_dataset
 
 # Lower-case names of files and folders that operating systems and tools leave behind
 # (names starting with "." are always hidden).
@@ -97,11 +100,18 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
     skipped: list[Skipped] = []
     found: list[tuple[str, Path, str]] = []  # (class, path, sha256)
     folders = _class_folders(root, skipped)
-    for folder in folders:
-        for path in _walk(folder, skipped, seen=set()):
-            digest = _digest(path, skipped)
-            if digest is not None:
-                found.append((folder.name, path, digest))
+    listed = [(folder.name, path) for folder in folders for path in _walk(folder, skipped, seen=set())]
+    paths = [path for _, path in listed]
+    step = -(-len(paths) // _HASH_THREADS) or 1
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:  # hashlib and file reads release the GIL
+        parts = pool.map(lambda start: [_digest(path) for path in paths[start:start + step]],
+                         range(0, len(paths), step))
+        digests = [result for part in parts for result in part]
+        for (name, path), (digest, reason) in zip(listed, digests):
+            if digest is None:
+                skipped.append(Skipped(str(path), reason))
+            else:
+                found.append((name, path, digest))
 
     usable = _without_conflicts(found, skipped)
     with_images = {name for name, _, _ in usable}
@@ -183,6 +193,9 @@ def _without_conflicts(found: list[tuple[str, Path, str]],
         copies[digest].append((name, path))
     usable = []
     for name, path, digest in found:
+        if len(copies[digest]) == 1:  # the common case: no other file has these bytes
+            usable.append((name, path, digest))
+            continue
         other = next(((n, p) for n, p in copies[digest] if n != name), None)
         if other is None:
             usable.append((name, path, digest))
@@ -264,21 +277,17 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry]:
         return sorted(entries, key=lambda entry: entry.name)
 
 
-def _digest(path: Path, skipped: list[Skipped]) -> str | None:
-    """sha256 of an image file, or ``None`` after adding it to ``skipped``."""
+def _digest(path: Path) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` of an image file, or ``(None, reason)`` when it is not a usable image file."""
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
-        reason = f"not an image extension ({suffix or 'none'})"
-    else:
-        try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                reason = "not a regular file"
-            elif info.st_size == 0:
-                reason = "empty file (0 bytes)"
-            else:
-                return hash_file(path)
-        except OSError as exc:
-            reason = os_error_reason(exc)
-    skipped.append(Skipped(str(path), reason))
-    return None
+        return None, f"not an image extension ({suffix or 'none'})"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file"
+        if info.st_size == 0:
+            return None, "empty file (0 bytes)"
+        return hash_file(path), None
+    except OSError as exc:
+        return None, os_error_reason(exc)

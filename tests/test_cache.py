@@ -37,6 +37,18 @@ def test_append_read_and_reopen(tmp_path):
         assert f.attrs["backbone"] == "tiny" and json.loads(f.attrs["settings"])["image_size"] == 32
 
 
+def test_reads_after_reopening_mix_verified_and_new_rows(tmp_path):
+    hashes, feats = _rows(10)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes[:6], feats[:6], ["p"] * 6, ["a"] * 6)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:  # rows 0-5 verified at open, 6-9 appended now
+        np.testing.assert_array_equal(cache.read(hashes[:6]), feats[:6])
+        np.testing.assert_array_equal(cache.read([hashes[5], hashes[0]]), feats[[5, 0]])
+        cache.append(hashes[6:], feats[6:], ["p"] * 4, ["b"] * 4)
+        np.testing.assert_array_equal(cache.read(hashes[::-1]), feats[::-1])
+        assert cache.read([]).shape == (0, 4)
+
+
 def test_rows_past_the_committed_count_are_ignored(tmp_path):
     hashes, feats = _rows(5)
     with FeatureCache.open(tmp_path, ATTRS) as cache:
