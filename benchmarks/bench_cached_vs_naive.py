@@ -30,7 +30,7 @@ def main() -> None:
 
     from gearfeat.dataset import scan_dataset, split_dataset
     from gearfeat.extractor import ExtractorConfig, build_extractor
-    from gearfeat.heads import DenseHead, compile_model
+    from gearfeat.heads import DenseHead
     from gearfeat.images import load_image
     from gearfeat.stitch import stitch
     from gearfeat.train import extract_dataset

@@ -50,7 +50,7 @@ def child(folder: str, backbone_size: int) -> None:
 
 def main() -> None:
     args = C.arguments(__doc__, **{
-        "--child": dict(default=None, help=f"internal: extract this folder and report peak memory"),
+        "--child": dict(default=None, help="internal: extract this folder and report peak memory"),
         "--backbone-size": dict(type=int, default=224, help="backbone input size (default 224)"),
     })
     if args.child:

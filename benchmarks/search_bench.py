@@ -47,8 +47,6 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import numpy as np
-
     from gearfeat.dataset import split_dataset
     from gearfeat.extractor import ExtractorConfig
     from gearfeat.shapes import make_shapes_dataset
