@@ -7,6 +7,7 @@ reason; files that fail to decode later are moved there with :meth:`Dataset.with
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import numbers
 import os
@@ -15,6 +16,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +98,11 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
         GearfeatError: ``root`` is missing or unreadable, has no class folders, or fewer than
             ``min_classes`` classes have images.
     """
-    root = Path(root)
+    with _collection_paused():  # tens of thousands of new objects, none of them garbage
+        return _scan(Path(root), min_classes)
+
+
+def _scan(root: Path, min_classes: int) -> Dataset:
     skipped: list[Skipped] = []
     found: list[tuple[str, Path, str]] = []  # (class, path, sha256)
     folders = _class_folders(root, skipped)
@@ -119,7 +125,7 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
     for folder in folders:
         if folder.name not in with_images:
             warnings.warn(f"class {folder.name!r} ({folder}) has no usable images; it is left out",
-                          stacklevel=2)
+                          stacklevel=3)
     if len(class_names) < min_classes:
         raise GearfeatError(
             f"{root}: found only {len(class_names)} class{'' if len(class_names) == 1 else 'es'} with "
@@ -275,6 +281,19 @@ def _entries(folder: Path, entries: list[os.DirEntry], skipped: list[Skipped]) -
 def _sorted_entries(folder: Path) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
         return sorted(entries, key=lambda entry: entry.name)
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: in a process with a large heap (TensorFlow's), each of the
+    collections that creating many objects triggers walks the whole heap."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _digest(path: Path) -> tuple[str | None, str | None]:

@@ -46,6 +46,23 @@ def synthetic(counts: dict[str, int], duplicates: int = 1) -> Dataset:
 # ---------------------------------------------------------------- scan_dataset
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
+    import gc
+    for i in range(40):  # more files than hashing threads: every thread gets a chunk
+        make(tmp_path, f"{'ab'[i % 2]}/{i}.jpg")
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        dataset = scan_quietly(tmp_path)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert [r.path.name for r in dataset.records] == sorted((f"{i}.jpg" for i in range(0, 40, 2)), key=str) + \
+        sorted((f"{i}.jpg" for i in range(1, 40, 2)), key=str)
+    assert all(r.sha256 == hash_file(r.path) for r in dataset.records)  # each digest stays with its file
+
+
 def test_scan_labels_sorted_classes_and_recursive_files(tmp_path):
     for relative in ["dogs/b.png", "dogs/a.JPG", "cats/deep/er/x.jpeg", "cats/y.webp"]:
         make(tmp_path, relative)
