@@ -18,4 +18,5 @@ from .predict import predict_images as predict  # noqa: E402,F401  same names as
 from .train import extract_dataset as extract, train  # noqa: E402,F401
 from .search import search  # noqa: E402,F401
 
-__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "search", "train"]
+__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "search",
+           "train"]

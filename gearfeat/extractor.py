@@ -29,7 +29,7 @@ from .images import decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
 
-DEFAULT_BATCH_SIZE = 16  # small batches in several streams interleave best with decoding (benchmarks/bench_extract.py)
+DEFAULT_BATCH_SIZE = 16  # small batches in several streams interleave best with decoding (bench_extract.py)
 DEFAULT_STREAMS = 4  # batches in the backbone at once: fills the cores that one call leaves idle
 DEFAULT_PREFETCH = 2  # batches decoded ahead of the backbone
 _COMMIT_SECONDS = 5.0  # how often computed rows are committed to the cache file
@@ -137,7 +137,7 @@ class FeatureExtractor:
                 self._forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
                                             input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
                                             autograph=False)
-                self._forward.get_concrete_function()  # trace once now: streams racing to call it first each trace
+                self._forward.get_concrete_function()  # trace once now: racing first calls each trace
                 self._model = model
         return self._model
 

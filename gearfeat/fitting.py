@@ -221,7 +221,8 @@ def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Pat
     epochs_run = len(history["loss"])
     stopped_by = ("time limit" if limit and limit.stopped else
                   "early stopping" if early.stopped_epoch > 0 else "epoch count")
-    log(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.0f} s (stopped by {stopped_by}); "
+    log(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.0f} s "
+        f"(stopped by {stopped_by}); "
         f"best epoch {early.best_epoch + 1} (val_loss {early.best:.4f})")
     return {"history": history, "seconds": seconds, "epochs_run": epochs_run,
             "best_epoch": early.best_epoch + 1, "stopped_by": stopped_by}
