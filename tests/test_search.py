@@ -1,3 +1,4 @@
+import importlib
 import json
 import re
 import sys
@@ -192,7 +193,7 @@ def searched(shapes_dir, tmp_path_factory):
     parts = split_dataset(extraction.dataset, seed=2)
     X = extraction.features
     with pytest.MonkeyPatch.context() as mp:
-        import gearfeat.search as module
+        module = importlib.import_module("gearfeat.search")  # the module: gearfeat.search is the function
         from sklearn.pipeline import Pipeline
 
         def counting(original, key):
