@@ -133,6 +133,7 @@ def _scan(root: Path, min_classes: int) -> Dataset:
             "add a sub-folder of images for each class")
     label = {name: i for i, name in enumerate(class_names)}
     records = [ImageRecord(path, label[name], digest) for name, path, digest in usable]
+    skipped.sort(key=lambda item: item.path)  # in path order, however the threads and checks found them
     return Dataset(root, class_names, records, skipped)
 
 

@@ -63,6 +63,16 @@ def test_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
     assert all(r.sha256 == hash_file(r.path) for r in dataset.records)  # each digest stays with its file
 
 
+def test_skipped_files_are_listed_in_path_order(tmp_path):
+    for name in ("a", "b"):
+        make(tmp_path, f"{name}/1.jpg")
+        make(tmp_path, f"{name}/.hidden.jpg")  # skipped while walking
+        make(tmp_path, f"{name}/2.txt")  # skipped while hashing
+        make(tmp_path, f"{name}/3.jpg", "")
+    listed = [os.path.relpath(item.path, tmp_path) for item in scan_quietly(tmp_path).skipped]
+    assert listed == ["a/.hidden.jpg", "a/2.txt", "a/3.jpg", "b/.hidden.jpg", "b/2.txt", "b/3.jpg"]
+
+
 def test_scan_labels_sorted_classes_and_recursive_files(tmp_path):
     for relative in ["dogs/b.png", "dogs/a.JPG", "cats/deep/er/x.jpeg", "cats/y.webp"]:
         make(tmp_path, relative)
