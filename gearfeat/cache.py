@@ -150,13 +150,19 @@ class FeatureCache:
         rows = self.rows(hashes)
         if len(rows) == 0:
             return np.zeros((0, self.dim or 0), np.float32)
-        if rows.max() < len(self._verified):  # e.g. a warm run: every row was read and checked at open
-            in_order = len(rows) == len(self._verified) and np.array_equal(rows, np.arange(len(rows)))
-            return self._verified if in_order else self._verified[rows]
-        unique = np.unique(rows)  # h5py reads increasing indexes only
-        with h5py.File(self.path, "r") as f:
-            block = f["features"][unique]
-        return block[np.searchsorted(unique, rows)]
+        if len(rows) == len(self._verified) and np.array_equal(rows, np.arange(len(rows))):
+            return self._verified.copy()  # a warm run: every row was read and checked at open, in this order
+        known = rows < len(self._verified)  # rows checked at open come from memory, newer ones from the file
+        features = np.empty((len(rows), self.dim), np.float32)
+        if known.any():
+            features[known] = self._verified[rows[known]]
+        if not known.all():
+            newer = rows[~known]
+            unique = np.unique(newer)  # h5py reads increasing indexes only
+            with h5py.File(self.path, "r") as f:
+                block = f["features"][unique]
+            features[~known] = block[np.searchsorted(unique, newer)]
+        return features
 
     # ----------------------------------------------------------------- writing
     def append(self, hashes: list[str], features: np.ndarray, paths: list[str], labels: list[str]) -> None:

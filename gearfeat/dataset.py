@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _HASH_THREADS = min(4, os.cpu_count() or 1)  # files hashed at once by scan_dataset
+_HASH_CHUNK = 256  # files per hashing task
 
 # Lower-case names of files and folders that operating systems and tools leave behind
 # (names starting with "." are always hidden).
@@ -108,16 +109,18 @@ def _scan(root: Path, min_classes: int) -> Dataset:
     folders = _class_folders(root, skipped)
     listed = [(folder.name, path) for folder in folders for path in _walk(folder, skipped, seen=set())]
     paths = [path for _, path in listed]
-    step = -(-len(paths) // _HASH_THREADS) or 1
-    with ThreadPoolExecutor(_HASH_THREADS) as pool:  # hashlib and file reads release the GIL
-        parts = pool.map(lambda start: [_digest(path) for path in paths[start:start + step]],
-                         range(0, len(paths), step))
-        digests = [result for part in parts for result in part]
-        for (name, path), (digest, reason) in zip(listed, digests):
-            if digest is None:
-                skipped.append(Skipped(str(path), reason))
-            else:
-                found.append((name, path, digest))
+    pool = ThreadPoolExecutor(_HASH_THREADS)  # hashlib and file reads release the GIL
+    try:  # chunks of files, not one task per file: a task costs more than hashing a small image
+        parts = list(pool.map(lambda start: [_digest(path) for path in paths[start:start + _HASH_CHUNK]],
+                              range(0, len(paths), _HASH_CHUNK)))
+    finally:  # on Ctrl-C too: drop the chunks not started, so the interrupt is felt at once
+        pool.shutdown(cancel_futures=True)
+    digests = [result for part in parts for result in part]
+    for (name, path), (digest, reason) in zip(listed, digests):
+        if digest is None:
+            skipped.append(Skipped(str(path), reason))
+        else:
+            found.append((name, path, digest))
 
     usable = _without_conflicts(found, skipped)
     with_images = {name for name, _, _ in usable}

@@ -125,6 +125,8 @@ class FeatureExtractor:
         self._model: keras.Model | None = None
         self._forward = None
         self._building = threading.Lock()
+        self._tracing = threading.Lock()
+        self._traced = False
 
     @property
     def model(self) -> keras.Model:
@@ -137,7 +139,6 @@ class FeatureExtractor:
                 self._forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),
                                             input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
                                             autograph=False)
-                self._forward.get_concrete_function()  # trace once now: racing first calls each trace
                 self._model = model
         return self._model
 
@@ -146,8 +147,17 @@ class FeatureExtractor:
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise GearfeatError(f"features_of expects standardized uint8 images, got {images.dtype}")
-        self.model  # noqa: B018 - builds the model and its compiled forward pass
-        return self._forward(images).numpy()
+        return self._compiled_forward()(images).numpy()
+
+    def _compiled_forward(self):
+        """The forward pass, traced once, by one thread (streams racing to make its first call would each
+        trace it). Only computing features needs it: stitching uses :attr:`model` alone."""
+        self.model  # noqa: B018 - builds the model and creates its forward pass
+        with self._tracing:
+            if not self._traced:
+                self._forward.get_concrete_function()
+                self._traced = True
+        return self._forward
 
     def extract(self, dataset: Dataset, cache_dir: str | os.PathLike = "cache") -> Extraction:
         """Features for every record of ``dataset``, computing only images the cache does not hold yet.
@@ -227,7 +237,7 @@ class FeatureExtractor:
         with Progress(len(hashes), desc, unit="img", enabled=self.progress) as bar, \
                 ThreadPoolExecutor(self.streams, thread_name_prefix="gearfeat-backbone") as backbone:
             if hashes:
-                backbone.submit(lambda: self.model)  # build and trace while the first batches decode
+                backbone.submit(self._compiled_forward)  # build and trace while the first batches decode
             try:
                 for batch_index, batch in self._decoded_batches(len(hashes), load, failed):
                     in_flight.append((batch_index, backbone.submit(self.features_of, batch)))
