@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from .errors import GearfeatError
+from .errors import GearfeatError, first_line
 
 #: The default architecture: the challenge's conv/pool/dense start, deepened to four conv blocks with batch
 #: normalization, global average pooling and dropout so that it generalizes from ~1,300 images.
@@ -216,4 +216,4 @@ def _apply(kind: LayerType, args: tuple, x, spec: str):
         return kind.build(*args)(x)
     except (ValueError, TypeError) as exc:
         raise GearfeatError(f"cannot add {kind.usage()} with {args} in {spec!r} to a {tuple(x.shape)} "
-                            f"tensor: {str(exc).strip().splitlines()[0]}") from None
+                            f"tensor: {first_line(exc)}") from None

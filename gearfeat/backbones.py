@@ -9,7 +9,7 @@ from typing import Callable
 
 import keras
 
-from .errors import GearfeatError, WeightsUnavailableError
+from .errors import GearfeatError, WeightsUnavailableError, first_line
 from .fileio import hash_file
 
 A = keras.applications
@@ -149,7 +149,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
         model = spec.factory(**kwargs)
     except ValueError as exc:
         raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "
-                            f"{_first_line(exc)}") from None
+                            f"{first_line(exc)}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
         if weights == "imagenet" and "fetch" in str(exc).lower():
             raise WeightsUnavailableError(
@@ -158,7 +158,3 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
         raise
     model.trainable = False
     return model
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

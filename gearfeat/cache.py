@@ -27,7 +27,7 @@ from typing import Iterator, Mapping
 import h5py
 import numpy as np
 
-from .errors import GearfeatError
+from .errors import GearfeatError, first_line
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -127,7 +127,7 @@ class FeatureCache:
         except CacheCorrupt:
             raise
         except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
-            raise CacheCorrupt(f"unreadable HDF5: {_first_line(exc)}")
+            raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}")
         if not np.array_equal(row_digest(features), digests):
             bad = int(np.argmax(row_digest(features) != digests))
             raise CacheCorrupt(f"feature checksum mismatch at row {bad}")
@@ -179,9 +179,9 @@ class FeatureCache:
                 break
             except _H5_ERRORS as exc:
                 if attempt == 2 or not self._rewrite():
-                    raise GearfeatError(f"cannot write cache {self.path}: {_first_line(exc)} (disk full or "
+                    raise GearfeatError(f"cannot write cache {self.path}: {first_line(exc)} (disk full or "
                                         "read-only? free space or pass another --cache-dir)") from None
-                self.log(f"warning: cache {self.path} could not be written ({_first_line(exc)}); copied its "
+                self.log(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied its "
                          f"{self.n_rows} committed rows to a fresh file")
         start = self.n_rows
         self._index.update({h: start + i for i, h in enumerate(hashes)})
@@ -231,9 +231,3 @@ class FeatureCache:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-

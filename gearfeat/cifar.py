@@ -24,9 +24,8 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from .backbones import _first_line
 from .baseline import make_baseline
-from .errors import GearfeatError
+from .errors import GearfeatError, first_line
 from .extractor import ExtractorConfig, FeatureExtractor
 from .heads import DenseHead
 from .metrics import classification_metrics, max_abs_difference
@@ -86,7 +85,7 @@ def load_cifar10(data: str | os.PathLike | None = None) -> Arrays:
                 _require_all(path, members)
                 return _assemble(path, lambda name: tar.extractfile(members[name]))
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise GearfeatError(f"{path}: not a readable CIFAR-10 archive ({_first_line(exc)}); pass "
+            raise GearfeatError(f"{path}: not a readable CIFAR-10 archive ({first_line(exc)}); pass "
                                 f"{_WHAT_TO_PASS}") from None
     raise GearfeatError(f"CIFAR-10 data not found: {path} does not exist; pass {_WHAT_TO_PASS}")
 
@@ -146,7 +145,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                                               stratify=y_train, random_state=seed)
     except ValueError as exc:  # too few images of a class for a stratified split
         raise GearfeatError(f"cannot hold out val_fraction={val_fraction} of {len(y_train)} training images "
-                            f"stratified by class: {_first_line(exc)}") from None
+                            f"stratified by class: {first_line(exc)}") from None
     log(f"CIFAR-10: {len(x_train)} training and {len(x_test)} test images; backbone {config.backbone} at "
         f"{config.backbone_size} px, weights {config.weights}")
 
@@ -252,7 +251,7 @@ def _read_batch(source: Path, name: str, open_batch) -> tuple[np.ndarray, np.nda
             batch = _ArrayUnpickler(stream, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             OSError, tarfile.TarError) as exc:
-        raise GearfeatError(f"{where} cannot be read as a CIFAR-10 batch ({_first_line(exc)})") from None
+        raise GearfeatError(f"{where} cannot be read as a CIFAR-10 batch ({first_line(exc)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise GearfeatError(f"{where} is not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
     images, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -272,7 +271,7 @@ def _from_keras() -> Arrays:
     try:
         return keras.datasets.cifar10.load_data()
     except Exception as exc:  # Keras's download failure is a bare Exception
-        message = _first_line(exc)
+        message = first_line(exc)
         if "fetch failure" in message.lower():
             raise GearfeatError(f"cannot download CIFAR-10 through keras.datasets (offline?): {message}; "
                                 f"pass --data PATH with {_WHAT_TO_PASS}") from None

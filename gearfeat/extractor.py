@@ -292,6 +292,7 @@ class FeatureExtractor:
                     for _, future in batch:
                         future.cancel()
 
+
 def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | ImageError]:
     def wrapped(i: int):
         try:

@@ -298,7 +298,7 @@ def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarra
         model = "dense"
         head = DenseHead(**params, seed=seed).fit(X_train, y_train, validation_data=(X_val, y_val),
                                                   n_classes=n_classes)
-        proba = np.asarray(head.model_(X_val, training=False))  # eager: no predict function to trace per head
+        proba = head.predict_proba(X_val)
         predicted = proba.argmax(axis=1)
         epochs_run, best_epoch = len(head.history_["loss"]), int(head.best_epoch_)
     return {

@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import keras
 
-from .errors import GearfeatError
+from .errors import GearfeatError, first_line
 from .heads import compile_model
 
 _META_KEY = "gearfeat"
@@ -46,7 +46,7 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get(_META_KEY)
     except OSError as exc:
-        raise GearfeatError(f"{path}: not a readable .h5 model file ({str(exc).splitlines()[0]})") from None
+        raise GearfeatError(f"{path}: not a readable .h5 model file ({first_line(exc)})") from None
     return json.loads(raw) if raw else {}
 
 
@@ -65,9 +65,9 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
             raise GearfeatError(
                 f"{path}: refused to load, it contains a Lambda layer with Python bytecode that would run on "
                 "load; if you trust this file, pass --unsafe (safe_mode=False)") from None
-        raise GearfeatError(f"{path}: cannot load model: {str(exc).splitlines()[0]}") from None
+        raise GearfeatError(f"{path}: cannot load model: {first_line(exc)}") from None
     except (OSError, KeyError, TypeError) as exc:
-        raise GearfeatError(f"{path}: not a loadable Keras model file ({str(exc).splitlines()[0]})") from None
+        raise GearfeatError(f"{path}: not a loadable Keras model file ({first_line(exc)})") from None
 
 
 @contextmanager
