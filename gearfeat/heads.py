@@ -108,10 +108,25 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return self.predict_proba(X).argmax(axis=1)
 
 
-def compile_model(model: keras.Model, learning_rate: float, *, steps_per_execution: int = 1) -> keras.Model:
-    """Compile a classifier with Adam, sparse categorical cross-entropy and accuracy (keywords: Keras 3)."""
+def compile_model(model: keras.Model, learning_rate: float, *, steps_per_execution: int = 1,
+                  for_training: bool = True) -> keras.Model:
+    """Compile a classifier with Adam, sparse categorical cross-entropy and accuracy (keywords: Keras 3).
+
+    ``for_training`` also creates the optimizer's, the loss's and the metrics' variables now, eagerly on one
+    row of zeros. Keras would otherwise create them inside ``fit``'s first trace, and TensorFlow traces a
+    function that creates variables twice: for a small head the second trace costs as much as training it.
+    """
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
+    if for_training:
+        x = [np.zeros((1, *tensor.shape[1:]), tensor.dtype) for tensor in model.inputs]
+        x = x[0] if len(x) == 1 else x
+        y = np.zeros((1,), np.int64)
+        y_pred = model(x, training=False)
+        model.compute_loss(x, y, y_pred)
+        model.compute_metrics(x, y, y_pred, sample_weight=None)
+        model.reset_metrics()
+        model.optimizer.build(model.trainable_variables)
     return model
 
 

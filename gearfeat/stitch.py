@@ -21,7 +21,7 @@ def stitch(extractor: keras.Model, head: keras.Model, learning_rate: float = 1e-
     """One compiled model: image -> upscale -> preprocess -> frozen backbone -> trained head -> probabilities."""
     outputs = head(extractor.output)
     model = keras.Model(extractor.input, outputs, name="gearfeat_classifier")
-    return compile_model(model, learning_rate)
+    return compile_model(model, learning_rate, for_training=False)  # saved, not trained here
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[str], **meta: Any) -> Path:
