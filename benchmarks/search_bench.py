@@ -12,7 +12,8 @@ Measured side by side in one run, each search as the whole ``gearfeat search`` c
   naive configuration (building the model with its backbone and loading the weights, and the extra time of
   the first epoch, which traces) -- the search's own trial times include the same kind of cost; each
   baseline trial costs one backbone pass over the train and validation images (measured) plus its own fit.
-  The naive images are decoded once and held in memory, which favours the naive way.
+  The naive images are decoded once and held in memory, which favours the naive way. One naive
+  configuration is timed after each search, so that both sides share the machine's drifting pace.
 
     flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/search_bench.py
     .venv/bin/python benchmarks/search_bench.py --quick    # smoke run on generated images (CI)
@@ -79,6 +80,8 @@ def main() -> int:
     print(f"cache: {extraction.cache_path} ({extraction.computed} images computed now, {extraction.reused} "
           f"reused); every search below reads it")
 
+    parts = split_dataset(extraction.dataset, seed=args.seed)
+    naive = NaiveTimer(extraction, parts, config)
     searches = {}
     for jobs, backend in ((2, "loky"), (1, "loky"), (2, "threading")):
         out = work / f"search-{backend}-jobs{jobs}"
@@ -100,14 +103,18 @@ def main() -> int:
         print(f"search --jobs {jobs} --backend {backend}: {len(trials)} trials, whole command {wall:.1f} s (trials phase "
               f"{run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
               f"({metrics['winner']['model']}), test accuracy {metrics['winner']['test_accuracy']:.4f}")
+        # a naive configuration after each search: the machine's pace drifts, so both sides share its hours
+        dense = [t for t in searches[2, "loky"]["trials"] if t["model"] == "dense"]
+        if naive.configs < min(args.naive_configs, len(dense)):
+            naive.time_next(dense, args.naive_epochs)
     fast = searches[2, "loky"]
     same = all(run["order"] == fast["order"] for run in searches.values())
     print(f"leaderboard order identical in the three searches: {same}")
 
     trials = fast["trials"]
-    parts = split_dataset(extraction.dataset, seed=args.seed)
-    naive = measure_naive(extraction, parts, config, [t for t in trials if t["model"] == "dense"],
-                          args.naive_configs, args.naive_epochs)
+    while naive.configs < min(args.naive_configs, len(dense)):
+        naive.time_next(dense, args.naive_epochs)
+    naive = naive.summary()
     dense_epochs = sum(t["epochs_run"] for t in trials if t["model"] == "dense")
     baselines = [t for t in trials if t["model"] != "dense"]
     n_dense = len(trials) - len(baselines)
@@ -131,55 +138,71 @@ def main() -> int:
     return 0
 
 
-def measure_naive(extraction, parts, config, dense_trials, n_configs: int, n_epochs: int) -> dict:
-    """Build and train ``n_configs`` of the dense trials for ``n_epochs`` as image -> frozen backbone -> head
-    models, each with a freshly built backbone (weights loaded), as a naive search would."""
-    import keras
-    import numpy as np
+class NaiveTimer:
+    """Times dense configurations the naive way: image -> frozen backbone -> head models trained on the images,
+    each with a freshly built backbone (weights loaded), as a naive search would."""
 
-    from gearfeat.extractor import build_extractor
-    from gearfeat.heads import DenseHead
-    from gearfeat.images import load_image
-    from gearfeat.stitch import stitch
+    def __init__(self, extraction, parts, config):
+        import numpy as np
 
-    records, y = extraction.dataset.records, extraction.dataset.labels
-    images = {name: np.stack([load_image(records[i].path, config.image_size) for i in parts[name]])
-              for name in ("train", "val")}
-    extractor = extraction.extractor.model
-    n_classes = len(extraction.dataset.class_names)
-    both = np.concatenate([images["train"], images["val"]])
-    extractor.predict(both, batch_size=64, verbose=0)  # a first pass builds and traces (every batch shape)
-    start = time.perf_counter()
-    extractor.predict(both, batch_size=64, verbose=0)
-    pass_seconds = time.perf_counter() - start
+        from gearfeat.images import load_image
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+        self.extraction, self.parts, self.config = extraction, parts, config
+        records = extraction.dataset.records
+        self.images = {name: np.stack([load_image(records[i].path, config.image_size) for i in parts[name]])
+                       for name in ("train", "val")}
+        extractor = extraction.extractor.model
+        both = np.concatenate([self.images["train"], self.images["val"]])
+        extractor.predict(both, batch_size=64, verbose=0)  # a first pass builds and traces (every batch shape)
+        start = time.perf_counter()
+        extractor.predict(both, batch_size=64, verbose=0)
+        self.pass_seconds = time.perf_counter() - start
+        self.steady, self.setup = [], []
+        self.configs = 0
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.start)
+    def time_next(self, dense_trials, n_epochs: int) -> None:
+        """Build and train the next of ``dense_trials`` for ``n_epochs``; keep its steady epochs and one-time cost."""
+        import keras
+        import numpy as np
 
-    steady, setup = [], []
-    for trial in dense_trials[:n_configs]:
+        from gearfeat.extractor import build_extractor
+        from gearfeat.heads import DenseHead, compile_model
+        from gearfeat.stitch import stitch
+
+        trial = dense_trials[self.configs]
+        self.configs += 1
+        y, parts = self.extraction.dataset.labels, self.parts
+
+        class EpochTimer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self.start)
+
         start = time.perf_counter()
         head = DenseHead(**trial["params"], seed=0)
-        model = stitch(build_extractor(config), head.build(extraction.features.shape[1], n_classes),
-                       head.learning_rate)
+        n_classes = len(self.extraction.dataset.class_names)
+        model = stitch(build_extractor(self.config), head.build(self.extraction.features.shape[1], n_classes))
+        compile_model(model, head.learning_rate)  # prepared for training as the search's heads are
         built = time.perf_counter() - start
         timer = EpochTimer()
         timer.seconds = []
-        model.fit(images["train"], y[parts["train"]], validation_data=(images["val"], y[parts["val"]]),
+        model.fit(self.images["train"], y[parts["train"]], validation_data=(self.images["val"], y[parts["val"]]),
                   batch_size=int(head.batch_size), epochs=n_epochs, callbacks=[timer], verbose=0)
         later = timer.seconds[1:] or timer.seconds
-        steady.extend(later)
-        setup.append(built + max(0.0, timer.seconds[0] - float(np.mean(later))))
+        self.steady.extend(later)
+        self.setup.append(built + max(0.0, timer.seconds[0] - float(np.mean(later))))
         print(f"naive: trial {trial['trial']} {trial['params']}: built in {built:.2f} s; {n_epochs} epochs on "
-              f"{len(images['train'])} + {len(images['val'])} images, seconds per epoch "
+              f"{len(self.images['train'])} + {len(self.images['val'])} images, seconds per epoch "
               f"{[round(s, 2) for s in timer.seconds]} (the first traces: its extra time counts as one-time cost)")
-    print(f"naive: one backbone pass over the train and validation images: {pass_seconds:.2f} s")
-    return {"epoch_seconds": float(np.mean(steady)), "epoch_median": float(np.median(steady)),
-            "setup_seconds": float(np.mean(setup)), "pass_seconds": pass_seconds}
+
+    def summary(self) -> dict:
+        import numpy as np
+
+        print(f"naive: one backbone pass over the train and validation images: {self.pass_seconds:.2f} s")
+        return {"epoch_seconds": float(np.mean(self.steady)), "epoch_median": float(np.median(self.steady)),
+                "setup_seconds": float(np.mean(self.setup)), "pass_seconds": self.pass_seconds}
 
 
 if __name__ == "__main__":

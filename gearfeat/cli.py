@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM (the cache keeps what was computed: run again to resume).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -334,6 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
 
 
+def console() -> None:
+    """The ``gearfeat`` command: :func:`main`, then exit without the interpreter's last garbage collections.
+
+    Those walk every object TensorFlow created (about a second here) only to free memory the process is
+    about to give back; files and workers are closed by then (context managers, atexit handlers).
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     _log(f"gearfeat: warning: {message}")  # one line, not Python's file:line + source echo
 
@@ -352,4 +364,4 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -338,6 +338,16 @@ def _local(name: str, address: str | None) -> Iterator[dict[str, Any]]:
 
 
 @contextmanager
+def _loky(address: str | None) -> Iterator[dict[str, Any]]:
+    # workers leave once the queue is empty: each holds a TensorFlow runtime (hundreds of MB), and one that
+    # exits while the winner is retrained no longer holds up the end of the command (joblib's default: 300 s)
+    yield {"backend": "loky", "idle_worker_timeout": _LOKY_IDLE_SECONDS}
+
+
+_LOKY_IDLE_SECONDS = 1
+
+
+@contextmanager
 def _dask(address: str) -> Iterator[dict[str, Any]]:
     from distributed import Client
     try:
@@ -380,7 +390,7 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    "loky": Backend(lambda address: _local("loky", address),
+    "loky": Backend(_loky,
                     lambda workers: None if workers == 1 else max(1, joblib.cpu_count() // workers)),
     "threading": Backend(lambda address: _local("threading", address), lambda workers: None),
     "dask": Backend(_dask, lambda workers: 1, package="distributed",

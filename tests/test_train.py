@@ -100,6 +100,20 @@ def test_cli_train_then_warm_rerun_then_predict(shapes_dir, tmp_path, capsys):
     assert Image.open(tmp_path / "grid.png").size[0] > 200
 
 
+def test_console_exits_with_mains_status_and_skips_the_last_collections(tmp_path, monkeypatch, capsys):
+    import gc
+
+    from gearfeat.cli import console
+    monkeypatch.setattr(sys, "argv", ["gearfeat", "predict", str(tmp_path / "nope.h5"), "x.jpg"])
+    try:
+        with pytest.raises(SystemExit) as info:
+            console()
+        assert info.value.code == 1 and "model file not found" in capsys.readouterr().err
+        assert gc.get_freeze_count() > 0  # objects alive at exit are left to the operating system
+    finally:
+        gc.unfreeze()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing"), *TINY_ARGS, "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
