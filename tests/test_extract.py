@@ -11,7 +11,6 @@ from gearfeat.dataset import scan_dataset
 from gearfeat.errors import GearfeatError
 from gearfeat.extractor import FeatureExtractor, build_extractor
 from gearfeat.shapes import make_shapes_dataset
-from gearfeat.stitch import load_model, save_model
 
 from conftest import tiny_config
 

@@ -75,7 +75,7 @@ def test_training_step_is_traced_once(monkeypatch, batch_norm):
 
     monkeypatch.setattr(keras.Model, "train_step", counting)
     X, y = _blobs(n_per_class=20)
-    head = DenseHead(hidden=(8,), batch_norm=batch_norm, epochs=3, patience=5).fit(X, y, validation_data=(X, y))
+    DenseHead(hidden=(8,), batch_norm=batch_norm, epochs=3, patience=5).fit(X, y, validation_data=(X, y))
     assert traces == ["head"]
 
 

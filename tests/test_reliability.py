@@ -48,14 +48,6 @@ def texture(rng: np.random.Generator, colour, width: int = 24, height: int = 24)
     return Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8))
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG header declaring ``width x height`` pixels, with no pixel data."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
 def make_hostile_dataset(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Classes ``dark`` and ``light`` full of awkward files; returns ({good path: class}, {bad path: reason})."""
     rng = np.random.default_rng(0)
