@@ -337,14 +337,15 @@ def _local(name: str, address: str | None) -> Iterator[dict[str, Any]]:
     yield {"backend": name}
 
 
+_LOKY_IDLE_SECONDS = 1
+"""Loky workers leave after this long without a trial (joblib's default: 300 s): each holds a TensorFlow
+runtime (hundreds of MB), and one that exits while the winner is retrained does not hold up the end of the
+command."""
+
+
 @contextmanager
 def _loky(address: str | None) -> Iterator[dict[str, Any]]:
-    # workers leave once the queue is empty: each holds a TensorFlow runtime (hundreds of MB), and one that
-    # exits while the winner is retrained no longer holds up the end of the command (joblib's default: 300 s)
     yield {"backend": "loky", "idle_worker_timeout": _LOKY_IDLE_SECONDS}
-
-
-_LOKY_IDLE_SECONDS = 1
 
 
 @contextmanager

@@ -61,37 +61,41 @@ def test_validation_logs_equal_keras_evaluate():
     np.testing.assert_allclose(head.predict_proba(Xv), head.model_.predict(Xv, verbose=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_training_step_is_traced_once(monkeypatch, batch_norm):
-    """The optimizer's and metrics' variables exist before fit; created inside its first trace instead,
-    TensorFlow would trace the training step a second time."""
+@pytest.fixture
+def traced(monkeypatch):
+    """The names of the models whose training step gets traced, once per trace."""
     import keras
-    traces = []
+    names = []
     train_step = keras.Model.train_step
 
     def counting(self, data):
-        traces.append(self.name)
+        names.append(self.name)
         return train_step(self, data)
 
     monkeypatch.setattr(keras.Model, "train_step", counting)
+    return names
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_training_step_is_traced_once(traced, batch_norm):
+    """The optimizer's and metrics' variables exist before fit; created inside its first trace instead,
+    TensorFlow would trace the training step a second time."""
     X, y = _blobs(n_per_class=20)
     DenseHead(hidden=(8,), batch_norm=batch_norm, epochs=3, patience=5).fit(X, y, validation_data=(X, y))
-    assert traces == ["head"]
+    assert traced == ["head"]
 
 
-def test_compiled_image_model_trains_with_one_trace(monkeypatch):
+def test_compiled_image_model_trains_with_one_trace(traced):
     """compile_model prepares any functional model (the CNN's and fine-tuning's too), not just heads."""
     import keras
+
     from gearfeat.heads import compile_model
-    traces = []
-    train_step = keras.Model.train_step
-    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(1) or train_step(self, data))
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)
     x = keras.layers.BatchNormalization()(x)
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    model = compile_model(keras.Model(inputs, outputs), 1e-3)
+    model = compile_model(keras.Model(inputs, outputs, name="images"), 1e-3)
     images = np.random.default_rng(0).uniform(0, 1, (10, 8, 8, 3)).astype(np.float32)
     history = model.fit(images, np.arange(10) % 3, epochs=2, batch_size=4, verbose=0)
-    assert len(traces) == 1
+    assert traced == ["images"]
     assert np.isfinite(history.history["loss"]).all()
