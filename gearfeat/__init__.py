@@ -11,6 +11,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter (CU
 
 __version__ = "0.1.0"
 
+from ._startup import import_tensorflow  # noqa: E402
+
+import_tensorflow()  # before anything else imports it: its C++ start-up log lines are held back
+
 from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
 from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras safe_mode by default
 from .backbones import create_backbone, list_backbones  # noqa: E402,F401

@@ -1,5 +1,10 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
+from gearfeat._startup import held_startup_logs
 from gearfeat.errors import first_line
 
 
@@ -11,3 +16,22 @@ from gearfeat.errors import first_line
 ])
 def test_first_line_is_one_readable_line(exc, expected):
     assert first_line(exc) == expected
+
+
+def test_startup_logs_are_held_back_and_the_rest_passed_on(capfd):
+    with held_startup_logs():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1795278221.103733    9779 port.cc:153] oneDNN custom operations are on.\n"
+                    b"W0000 00:00:1795278221.104634    9779 cuda.cc:31] a real warning\n"
+                    b"something else went wrong\n")
+    assert capfd.readouterr().err == ("W0000 00:00:1795278221.104634    9779 cuda.cc:31] a real warning\n"
+                                      "something else went wrong\n")
+
+
+def test_a_command_error_is_the_only_line_on_stderr(tmp_path):
+    """What a user sees in a fresh process: no TensorFlow start-up chatter ahead of the error line."""
+    missing = tmp_path / "nope.h5"
+    done = subprocess.run([sys.executable, "-m", "gearfeat", "predict", str(missing), "x.jpg"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"gearfeat: error: model file not found: {missing}"]
