@@ -3,7 +3,9 @@
 TensorFlow 2.21 logs a few informational lines (oneDNN notice, CUDA probing on CPU hosts) to file
 descriptor 2 before its logging is configured, whatever ``TF_CPP_MIN_LOG_LEVEL`` says. Every gearfeat command
 would print them ahead of its own output, an error's one line included. They are held back here; anything
-else written during the import (warnings, errors) is passed on unchanged.
+else written during the import (warnings, errors) is passed on unchanged, once the import returns. A fatal
+error inside the import itself (say, a CPU without the instructions TensorFlow was built for) ends the
+process before that: ``python -c "import tensorflow"`` shows its message.
 """
 from __future__ import annotations
 
