@@ -104,16 +104,15 @@ def main() -> int:
               f"{run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
               f"({metrics['winner']['model']}), test accuracy {metrics['winner']['test_accuracy']:.4f}")
         # a naive configuration after each search: the machine's pace drifts, so both sides share its hours
-        dense = [t for t in searches[2, "loky"]["trials"] if t["model"] == "dense"]
-        if naive.configs < min(args.naive_configs, len(dense)):
-            naive.time_next(dense, args.naive_epochs)
+        if naive.configs < min(args.naive_configs, len(dense_trials(searches))):
+            naive.time_next(dense_trials(searches), args.naive_epochs)
     fast = searches[2, "loky"]
     same = all(run["order"] == fast["order"] for run in searches.values())
     print(f"leaderboard order identical in the three searches: {same}")
 
     trials = fast["trials"]
-    while naive.configs < min(args.naive_configs, len(dense)):
-        naive.time_next(dense, args.naive_epochs)
+    while naive.configs < min(args.naive_configs, len(dense_trials(searches))):
+        naive.time_next(dense_trials(searches), args.naive_epochs)
     naive = naive.summary()
     dense_epochs = sum(t["epochs_run"] for t in trials if t["model"] == "dense")
     baselines = [t for t in trials if t["model"] != "dense"]
@@ -136,6 +135,11 @@ def main() -> int:
           f"{naive_total / fast['wall']:.0f}x (trials phase alone: {naive_total / fast['trials_seconds']:.0f}x); "
           f"load average at end {os.getloadavg()}; run folders in {work}")
     return 0
+
+
+def dense_trials(searches: dict) -> list[dict]:
+    """The dense-head trials of the --jobs 2 search (the first one run): the configurations timed the naive way."""
+    return [t for t in searches[2, "loky"]["trials"] if t["model"] == "dense"]
 
 
 class NaiveTimer:
