@@ -155,6 +155,9 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
             raise WeightsUnavailableError(
                 f"cannot download ImageNet weights for {spec.name} (offline?); pass a local weights file with "
                 "--weights PATH (or --weights none for random)") from None
+        if weights not in (None, "imagenet"):  # e.g. not an HDF5 file (OSError from h5py)
+            raise GearfeatError(f"{weights}: cannot load {spec.name} weights from this file ({first_line(exc)}); "
+                                f"pass a Keras Applications weights .h5 of {spec.name}") from None
         raise
     model.trainable = False
     return model

@@ -1,6 +1,9 @@
 """The scikit-learn baseline on the same cached features: scaler + a linear or kernel classifier."""
 from __future__ import annotations
 
+import math
+import numbers
+
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -16,10 +19,15 @@ BASELINES = {
 """Baseline estimators by name."""
 
 
-def make_baseline(kind: str = "logreg", C: float = 1.0, seed: int = 0) -> Pipeline:
-    """``StandardScaler`` followed by the estimator ``kind`` ("logreg", "linear_svc" or "svc")."""
+def check_baseline(kind: str, C: float) -> None:
+    """Raise a GearfeatError unless ``kind`` is a known baseline and ``C`` a finite number above 0."""
     if kind not in BASELINES:
         raise GearfeatError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
-    if not C > 0:
-        raise GearfeatError(f"baseline C must be > 0, got {C!r}")
+    if isinstance(C, bool) or not isinstance(C, numbers.Real) or not 0 < C < math.inf:
+        raise GearfeatError(f"baseline C must be a finite number above 0, got {C!r}")
+
+
+def make_baseline(kind: str = "logreg", C: float = 1.0, seed: int = 0) -> Pipeline:
+    """``StandardScaler`` followed by the estimator ``kind`` ("logreg", "linear_svc" or "svc")."""
+    check_baseline(kind, C)
     return make_pipeline(StandardScaler(), BASELINES[kind](float(C), seed))

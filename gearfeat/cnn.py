@@ -15,6 +15,7 @@ import keras
 from .architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn
 from .fitting import FitConfig, FitResult, finish_run, fit, load_split
 from .heads import compile_model
+from .images import check_image_size
 from .runs import RunDir
 from .train import SplitConfig
 
@@ -32,6 +33,7 @@ def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: st
     started = time.perf_counter()
     config = config or FitConfig()
     split = split or SplitConfig()
+    check_image_size(image_size)
     build_cnn(2, image_size, layers, augment)  # a bad architecture fails before the images are decoded
     run = RunDir(out, create=True)
     data = load_split(data_dir, split, image_size, progress=progress, log=log)

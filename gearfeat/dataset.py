@@ -140,6 +140,16 @@ def _scan(root: Path, min_classes: int) -> Dataset:
     return Dataset(root, class_names, records, skipped)
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise a GearfeatError naming the fraction unless both are in [0, 1) and leave images for training."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1:
+        raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "
+                            f"got {val_fraction} + {test_fraction}")
+
+
 def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded, stratified and grouped split into sorted record indexes ``{"train", "val", "test"}``.
@@ -152,12 +162,7 @@ def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction
     Raises:
         GearfeatError: a fraction is out of range, or a class has too few distinct images.
     """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-            raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}")
-    if val_fraction + test_fraction >= 1:
-        raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "
-                            f"got {val_fraction} + {test_fraction}")
+    check_fractions(val_fraction, test_fraction)
     members: dict[str, list[int]] = defaultdict(list)
     label_of: dict[str, int] = {}
     for i, record in enumerate(dataset.records):

@@ -1,4 +1,5 @@
 """Errors that gearfeat reports to the user as one clear line (no traceback)."""
+import numbers
 
 
 def first_line(exc: BaseException) -> str:
@@ -9,6 +10,16 @@ def first_line(exc: BaseException) -> str:
 
 class GearfeatError(Exception):
     """A problem the user can fix; its message is one line: what, where, what to do."""
+
+
+MAX_SEED = 2**32 - 1  # Keras and NumPy seed range
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int, or a GearfeatError naming it if it is not an integer in [0, 2**32 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise GearfeatError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
 
 
 class ImageError(GearfeatError):

@@ -7,6 +7,7 @@ limit stops training before an epoch that would end past it. :func:`finish_run` 
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "learning_rate": self.learning_rate > 0,
+            "learning_rate": 0 < self.learning_rate < math.inf,
             "batch_size": int(self.batch_size) == self.batch_size >= 1,
             "epochs": int(self.epochs) == self.epochs >= 1,
             "patience": int(self.patience) == self.patience >= 0,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import keras
@@ -9,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .errors import GearfeatError
+from .errors import GearfeatError, check_seed
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
@@ -35,12 +36,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.verbose = verbose
 
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        """Raise a GearfeatError naming the first invalid parameter (``fit`` calls it first)."""
+        check_seed(self.seed)
         checks = {
             "hidden": all(isinstance(h, (int, np.integer)) and h > 0 for h in self.hidden),
             "dropout": 0.0 <= self.dropout < 1.0,
-            "l2": self.l2 >= 0,
-            "learning_rate": self.learning_rate > 0,
+            "l2": 0 <= self.l2 < math.inf,
+            "learning_rate": 0 < self.learning_rate < math.inf,
             "batch_size": int(self.batch_size) >= 1,
             "epochs": int(self.epochs) >= 1,
             "patience": int(self.patience) >= 0,
@@ -76,7 +79,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
             n_classes: int | None = None) -> "DenseHead":
         """Train on features ``X`` (N, D) and integer labels ``y``; stop early on ``validation_data``."""
-        self._validate()
+        self.validate()
         X, y = _check_xy(X, y)
         self.n_classes_ = int(n_classes or y.max() + 1)
         self.classes_ = np.arange(self.n_classes_)

@@ -47,7 +47,7 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     Raises:
         ImageError: the file cannot be read or is not a usable image.
     """
-    _check_size(size)
+    check_image_size(size)
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -65,7 +65,7 @@ def decode_image(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
     Raises:
         ImageError: the data is empty, not an image, truncated or corrupt, or too large.
     """
-    _check_size(size)
+    check_image_size(size)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     try:
@@ -94,7 +94,7 @@ def standardize(image: Image.Image, size: int) -> np.ndarray:
     Raises:
         ImageError: the image mode cannot be converted to RGB (e.g. LAB).
     """
-    _check_size(size)
+    check_image_size(size)
     if image.tell() != 0:
         image.seek(0)
     if image.mode not in _SUPPORTED_MODES:
@@ -124,7 +124,8 @@ def os_error_reason(exc: OSError, what: str = "file") -> str:
     return f"cannot read {what}: {detail}"
 
 
-def _check_size(size: int) -> None:
+def check_image_size(size: int) -> None:
+    """Raise a GearfeatError unless ``size`` is an integer image side of at least the minimum."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
         raise GearfeatError(f"image size must be an integer >= {_MIN_SIZE}, got {size!r}")
 

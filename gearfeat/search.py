@@ -107,14 +107,14 @@ def _choice(options: Sequence[str]) -> Callable[[Any], str]:
 PARAMS: dict[str, Param] = {
     "hidden": Param(HEAD, _layers, "[[256], [512, 128], []]"),
     "dropout": Param(HEAD, _real("in [0, 1)", lambda v: 0 <= v < 1), "[0.2, 0.5]"),
-    "l2": Param(HEAD, _real(">= 0", lambda v: v >= 0), "[0.0, 1.0e-4]"),
+    "l2": Param(HEAD, _real(">= 0, finite", lambda v: 0 <= v < math.inf), "[0.0, 1.0e-4]"),
     "batch_norm": Param(HEAD, _flag, "[false, true]"),
-    "learning_rate": Param(HEAD, _real("> 0", lambda v: v > 0), "[3.0e-4, 1.0e-3]"),
+    "learning_rate": Param(HEAD, _real("> 0, finite", lambda v: 0 < v < math.inf), "[3.0e-4, 1.0e-3]"),
     "batch_size": Param(HEAD, _integer(1), "[64, 128]"),
     "epochs": Param(HEAD, _integer(1), "[60]"),
     "patience": Param(HEAD, _integer(0), "[8]"),
     "baseline": Param(BASELINE, _choice(list(BASELINES)), "[logreg, svc]"),
-    "baseline_c": Param(BASELINE, _real("> 0", lambda v: v > 0), "[0.1, 1.0, 10.0]"),
+    "baseline_c": Param(BASELINE, _real("> 0, finite", lambda v: 0 < v < math.inf), "[0.1, 1.0, 10.0]"),
 }
 """The parameters a search space may vary: the dense head's (see :class:`DenseHead`) and the baseline's."""
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .baseline import make_baseline
-from .dataset import Dataset, scan_dataset, split_dataset, write_skipped
+from .baseline import check_baseline, make_baseline
+from .dataset import Dataset, check_fractions, scan_dataset, split_dataset, write_skipped
+from .errors import check_seed
 from .extractor import ExtractorConfig, Extraction, FeatureExtractor
 from .heads import DenseHead
 from .images import load_image
@@ -21,6 +22,7 @@ from .stitch import save_model, stitch
 from .system import machine_summary
 
 STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to prove it equals the head
+STITCH_TOLERANCE = 1e-4  # largest difference of probabilities between the stitched model and the head
 
 
 @dataclass
@@ -30,6 +32,10 @@ class SplitConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fractions(self.val_fraction, self.test_fraction)
+        check_seed(self.seed)
 
 
 @dataclass
@@ -74,6 +80,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     config = config or ExtractorConfig()
     head = head or DenseHead()
     split = split or SplitConfig()
+    head.validate()  # every setting is checked before the extraction, which can take minutes
+    check_baseline(baseline, baseline_c)
     run = RunDir(out, create=True)
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
@@ -113,6 +121,10 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     base_pred = base.predict(X[test_idx])
     model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
     stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
+    if stitch_delta > STITCH_TOLERANCE:
+        log(f"warning: model.h5 does not reproduce the head on the cached features (probabilities differ by "
+            f"{stitch_delta:.2g}, tolerance {STITCH_TOLERANCE:g}): the cache {extraction.cache_path} may hold "
+            "features this code would not compute; delete it and run again")
 
     names = dataset.class_names
     head_metrics = classification_metrics(y[test_idx], head_pred, names)

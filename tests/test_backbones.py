@@ -73,6 +73,14 @@ def test_parse_weights():
     assert parse_weights("x.h5") == "x.h5"
 
 
+def test_a_local_weights_file_that_is_not_hdf5_is_one_clear_error(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("not weights")
+    with pytest.raises(GearfeatError, match=r"notes.h5: cannot load mobilenet weights from this file \(") as info:
+        create_backbone("mobilenet", weights=str(path), input_size=32, alpha=0.25)
+    assert "\n" not in str(info.value) and "Keras Applications weights .h5 of mobilenet" in str(info.value)
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     source = create_backbone("mobilenet", weights=None, input_size=32, alpha=0.25)
     path = tmp_path / "backbone.weights.h5"

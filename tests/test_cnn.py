@@ -133,6 +133,18 @@ def test_bad_architecture_is_one_clear_error(spec, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--image-size", "-5"], "image size must be an integer >= 8, got -5"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["--learning-rate", "inf"], "invalid training parameter learning_rate=inf"),
+])
+def test_bad_cnn_settings_are_one_line_before_the_images_are_read(tmp_path, capsys, option, message):
+    out = tmp_path / "run"
+    assert main(["cnn", str(tmp_path / "no-such-folder"), "--out", str(out), "--no-progress", *option]) == 1
+    assert capsys.readouterr().err == f"gearfeat: error: {message}\n"
+    assert not out.exists()
+
+
 def test_layers_that_do_not_fit_together_are_a_clear_error():
     with pytest.raises(GearfeatError, match=r"cannot add conv:filters\[:kernel\]"):
         build_cnn(3, 32, "gap,conv:8", "none")

@@ -62,7 +62,9 @@ def test_registry_matches_the_head_and_the_baseline():
     ({"hidden": [256, 512]}, "search parameter 'hidden': bad value 256: expected a list of positive layer sizes"),
     ({"hidden": [[512, 0]]}, "search parameter 'hidden': bad value [512, 0]"),
     ({"baseline": ["forest"]}, "search parameter 'baseline': bad value 'forest': expected one of logreg"),
-    ({"baseline_c": [-1]}, "search parameter 'baseline_c': bad value -1: expected a number > 0"),
+    ({"baseline_c": [-1]}, "search parameter 'baseline_c': bad value -1: expected a number > 0, finite"),
+    ({"learning_rate": [1e-3, "inf"]}, "search parameter 'learning_rate': bad value 'inf': expected a number > 0"),
+    ({"l2": [float("nan")]}, "search parameter 'l2': bad value nan: expected a number >= 0, finite"),
     ([], "a search space is a mapping"),
     ([{}], "a search space grid is a non-empty mapping"),
 ])

@@ -46,6 +46,16 @@ def test_stitched_model_equals_head_on_cached_features(run):
     assert run.metrics["stitched_vs_head_max_abs_diff"] <= 1e-5
 
 
+def test_a_stitched_model_that_differs_from_the_head_is_reported(shapes_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["gearfeat.train"], "max_abs_difference", lambda a, b: 0.25)  # the module
+    lines = []
+    result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1),
+                   cache_dir=tmp_path / "cache", progress=False, log=lines.append)
+    warning = [line for line in lines if line.startswith("warning: model.h5 does not reproduce the head")]
+    assert len(warning) == 1 and "differ by 0.25, tolerance 0.0001" in warning[0] and "delete it" in warning[0]
+    assert result.metrics["stitched_vs_head_max_abs_diff"] == 0.25
+
+
 def test_stitched_model_is_compiled_and_knows_its_classes(run):
     model = load_model(run.run_dir / "model.h5")
     assert isinstance(model.optimizer, keras.optimizers.Adam)
@@ -124,6 +134,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         main(["train", "data", "--backbone", "mobilenet_v2"])  # --out missing: argparse usage error
     assert info.value.code == 2
 
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["--seed", "8589934592"], "seed must be an integer from 0 to 4294967295, got 8589934592"),
+    (["--learning-rate", "inf"], "invalid head parameter learning_rate=inf"),
+    (["--dropout", "nan"], "invalid head parameter dropout=nan"),
+    (["--l2", "inf"], "invalid head parameter l2=inf"),
+    (["--baseline-c", "nan"], "baseline C must be a finite number above 0, got nan"),
+    (["--baseline", "forest"], "unknown baseline 'forest'"),
+    (["--val-fraction", "nan"], "val_fraction must be a number in [0, 1), got nan"),
+])
+def test_bad_settings_are_one_line_before_any_extraction(shapes_dir, tmp_path, capsys, option, message):
+    cache = tmp_path / "cache"
+    code = main(["train", str(shapes_dir), *TINY_ARGS, "--cache-dir", str(cache), "--out", str(tmp_path / "o"),
+                 *option])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"gearfeat: error: {message}") and err.count("\n") == 1
+    assert not cache.exists()  # refused before the cache was opened
 
 
 def test_python_lambda_model_is_refused_and_its_code_never_runs(tmp_path, capsys):
