@@ -210,7 +210,7 @@ def _abstract(runs: Sequence[Run], notes: Sequence[str]) -> str:
     compared = _join(f"{r.name} ({_accuracy(r.accuracy)})" for r in rows)
     text = (f"We classify the {first.get('n_images', '?')} images of the data folder "
             f"`{Path(first.get('data_dir', '?')).name}` into {len(first.get('class_names', []))} classes and "
-            f"measure the test accuracy, on the same held-out test images, of {compared}. {_best_sentence(rows)}")
+            f"measure the test accuracy, {_test_images(runs)}, of {compared}. {_best_sentence(rows)}")
     random = [r.name for r in runs if _is_random(r)]
     if random:
         backbone, has = ("backbone", "has") if len(random) == 1 else ("backbones", "have")
@@ -231,7 +231,9 @@ gains, against models that cost more to train. The models compared here are:
 
 {models}
 
-All of them are evaluated on the same held-out test split."""
+{"All of them are evaluated on the same held-out test split." if _one_split(runs) else
+ "They do not share one data folder and split (see Data and split), so their test accuracies are measured on "
+ "different held-out images."}"""
 
 
 def _methods(runs: Sequence[Run]) -> str:
@@ -244,7 +246,7 @@ def _methods(runs: Sequence[Run]) -> str:
 
 def _data_text(runs: Sequence[Run]) -> str:
     lines = []
-    for key, group in _groups(runs, lambda r: (r.info.get("data_dir"), _split_key(r))).items():
+    for key, group in _by_split(runs).items():
         info = group[0].info
         split = info.get("split", {})
         names = info.get("class_names", [])
@@ -462,6 +464,19 @@ def _backbone(run: Run) -> str:
     ex = run.info.get("extractor", {})
     name = ex.get("backbone", "?")
     return f"{name} {ex['alpha']:g}" if ex.get("alpha") else name
+
+
+def _by_split(runs: Sequence[Run]) -> dict:
+    """The runs grouped by data folder and split: a group shares its test images."""
+    return _groups(runs, lambda r: (r.info.get("data_dir"), _split_key(r)))
+
+
+def _one_split(runs: Sequence[Run]) -> bool:
+    return len(_by_split(runs)) == 1
+
+
+def _test_images(runs: Sequence[Run]) -> str:
+    return "on the same held-out test images" if _one_split(runs) else "each on its own run's held-out test images"
 
 
 def _split_key(run: Run) -> tuple:

@@ -131,6 +131,19 @@ def test_report_of_every_kind_with_predictions(transfer, tmp_path):
     assert all(p.is_file() for p in _images(Path(moved) / "paper.md"))
 
 
+def test_runs_on_different_splits_are_not_said_to_share_test_images(transfer, tmp_path):
+    same = write_report([transfer, _fake_run(transfer, tmp_path / "cnn", "cnn", 0.5)], tmp_path / "same.md")
+    assert "on the same held-out test images" in _section(same.read_text(), "Abstract")
+    assert "All of them are evaluated on the same held-out test split." in same.read_text()
+    other = _fake_run(transfer, tmp_path / "cnn-seed-7", "cnn", 0.5)
+    info = json.loads((other / "run.json").read_text())
+    RunDir(other).write_json("run.json", {**info, "split": {**info["split"], "seed": 7}})
+    text = write_report([transfer, other], tmp_path / "mixed.md").read_text()
+    assert "same held-out" not in text
+    assert "each on its own run's held-out test images" in _section(text, "Abstract")
+    assert "so their test accuracies are measured on different held-out images" in _section(text, "Introduction")
+
+
 def test_runs_with_the_same_folder_name_keep_their_own_figures(transfer, tmp_path):
     copy = Path(shutil.copytree(transfer, tmp_path / "b" / "transfer"))
     report = write_report([transfer, copy], tmp_path / "report.md")
