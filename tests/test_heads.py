@@ -1,4 +1,5 @@
 """DenseHead: the fast training path (tf.data pipeline, one graph call per epoch) learns and is reproducible."""
+import keras
 import numpy as np
 import pytest
 
@@ -34,10 +35,16 @@ def test_same_seed_same_training_other_seed_other_training():
 
 def test_early_stopping_restores_the_best_epoch():
     X, y = _blobs()
-    head = DenseHead(hidden=(8,), epochs=30, patience=2).fit(X, y, validation_data=_blobs(seed=2))
+    X_val, y_val = _blobs(seed=2)
+    y_val = np.random.default_rng(3).permutation(y_val)  # wrong labels: validation loss rises as the head learns
+    head = DenseHead(hidden=(8,), epochs=30, patience=2).fit(X, y, validation_data=(X_val, y_val))
     best = int(np.argmin(head.history_["val_loss"])) + 1
     assert head.best_epoch_ == best
-    assert len(head.history_["loss"]) <= min(30, best + 2)
+    assert len(head.history_["loss"]) == best + 2  # stopped after the best epoch...
+    loss = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y_val, head.predict_proba(X_val)))
+    restored = float(np.mean(loss)) + sum(float(r) for r in head.model_.losses)
+    assert restored == pytest.approx(min(head.history_["val_loss"]), rel=1e-5)  # ...and has its weights back
+    assert restored < head.history_["val_loss"][-1]
 
 
 @pytest.mark.parametrize("param", [{"batch_size": 0}, {"epochs": 0}, {"dropout": 1.0}])
