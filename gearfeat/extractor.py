@@ -163,7 +163,8 @@ class FeatureExtractor:
         """Features for every record of ``dataset``, computing only images the cache does not hold yet.
 
         Files that fail to decode are skipped (listed in ``Extraction.skipped``) and left out of the
-        returned dataset; a file whose bytes changed since the scan is skipped too.
+        returned dataset; a file whose bytes changed since the scan is skipped too, and so are the files
+        with the same bytes as a skipped one.
         """
         start = time.perf_counter()
         size = self.config.image_size
@@ -184,13 +185,16 @@ class FeatureExtractor:
                     raise ImageError(path, "file changed while gearfeat was running; run again")
                 return decode_image(data, size, name=str(path))
 
-            failed = self._stream(cache, hashes, [str(todo[h][0]) for h in hashes],
-                                  [todo[h][1] for h in hashes], load, desc=f"extract {self.config.backbone}")
+            paths = [str(todo[h][0]) for h in hashes]
+            failed = self._stream(cache, hashes, paths, [todo[h][1] for h in hashes], load,
+                                  desc=f"extract {self.config.backbone}")
+            computed = len(hashes) - len(failed)
+            failed += _copies_of_failed(dataset, dict(zip(hashes, paths)), failed)
             kept = dataset.without(failed)
             features = cache.read(kept.hashes)
-            return Extraction(features, kept, cache.path, computed=len(hashes) - len(failed),
-                              reused=len(kept.records) - (len(hashes) - len(failed)),
-                              seconds=time.perf_counter() - start, skipped=failed, extractor=self)
+            return Extraction(features, kept, cache.path, computed=computed,
+                              reused=len(kept.records) - computed, seconds=time.perf_counter() - start,
+                              skipped=failed, extractor=self)
 
     def extract_arrays(self, images: np.ndarray, labels: Sequence[str], cache_dir: str | os.PathLike = "cache",
                        *, source: str = "array") -> tuple[np.ndarray, Path]:
@@ -291,6 +295,18 @@ class FeatureExtractor:
                 for batch in ahead:
                     for _, future in batch:
                         future.cancel()
+
+
+def _copies_of_failed(dataset: Dataset, first: dict[str, str], failed: list[Skipped]) -> list[Skipped]:
+    """The records with the same bytes as a failed file, skipped for its reason: only the ``first`` path of
+    each content (sha256) was read."""
+    reasons = {item.path: item.reason for item in failed}
+    copies = []
+    for record in dataset.records:
+        original = first.get(record.sha256)
+        if original in reasons and original != str(record.path):
+            copies.append(Skipped(str(record.path), f"identical bytes to {original}: {reasons[original]}"))
+    return copies
 
 
 def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | ImageError]:

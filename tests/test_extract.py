@@ -101,6 +101,27 @@ def test_undecodable_files_are_skipped_not_mislabelled(shapes_copy, tmp_path):
     assert all(not str(r.path).endswith("broken.png") for r in result.dataset.records)
 
 
+@pytest.mark.parametrize("failure", ["corrupt", "changed"])
+def test_identical_copies_of_a_failed_file_are_skipped_too(shapes_copy, tmp_path, failure):
+    folder = shapes_copy / "square"
+    if failure == "corrupt":
+        first, copy = folder / "broken_a.jpg", folder / "broken_b.jpg"
+        for path in (first, copy):
+            path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    else:
+        first, copy = folder / "square_0000.png", folder / "square_0000_copy.png"
+        shutil.copy(first, copy)
+    dataset = scan_dataset(shapes_copy)
+    if failure == "changed":
+        shutil.copy(folder / "square_0001.png", first)  # its bytes change after the scan
+    result = FeatureExtractor(tiny_config(), progress=False).extract(dataset, tmp_path)
+    assert [s.path for s in result.skipped] == [str(first), str(copy)]
+    assert f"identical bytes to {first}: {result.skipped[0].reason}" == result.skipped[1].reason
+    n = 60 if failure == "corrupt" else 59
+    assert len(result.dataset.records) == n and result.features.shape == (n, 1280)
+    assert {str(first), str(copy)}.isdisjoint(result.dataset.paths)
+
+
 def test_extract_arrays_caches_by_content(tmp_path):
     fx = FeatureExtractor(tiny_config(), progress=False)
     images = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
