@@ -100,8 +100,8 @@ def main() -> int:
         searches[jobs, backend] = {"wall": wall, "trials_seconds": run["search"]["seconds"], "trials": trials,
                           "order": [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])],
                           "metrics": metrics}
-        print(f"search --jobs {jobs} --backend {backend}: {len(trials)} trials, whole command {wall:.1f} s (trials phase "
-              f"{run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
+        print(f"search --jobs {jobs} --backend {backend}: {len(trials)} trials, whole command {wall:.1f} s "
+              f"(trials phase {run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
               f"({metrics['winner']['model']}), test accuracy {metrics['winner']['test_accuracy']:.4f}")
         # a naive configuration after each search: the machine's pace drifts, so both sides share its hours
         if naive.configs < min(args.naive_configs, len(dense_trials(searches))):

@@ -7,7 +7,8 @@ Data flow: images (:mod:`~gearfeat.images`, :mod:`~gearfeat.dataset`) -> feature
 """
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow C++ chatter (CUDA probing on CPU hosts); errors still raise
+# TensorFlow's C++ chatter (CUDA probing on CPU hosts); errors still raise
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 

@@ -42,7 +42,8 @@ class Progress:
         width = 24
         filled = int(width * min(self.count, self.total) / self.total)
         line = (f"{self.desc}: [{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
-                f"{rate:.1f} {self.unit}/s, {'done in ' + _clock(time.perf_counter() - self._start) if final else _clock(left) + ' left'}")
+                f"{rate:.1f} {self.unit}/s, "
+                + (f"done in {_clock(time.perf_counter() - self._start)}" if final else f"{_clock(left)} left"))
         end = "\n" if final or not self.interactive else ""
         self.stream.write(("\r" if self.interactive else "") + line + end)
         self.stream.flush()

@@ -80,7 +80,8 @@ def test_dataset_errors(tmp_path, kwargs, match):
 
 def test_new_images_cycle_kinds_and_are_not_in_dataset(tmp_path):
     paths = shapes.make_shape_images(tmp_path / "new", 4, size=32)
-    assert [p.name for p in paths] == ["new_00_circle.png", "new_01_square.png", "new_02_triangle.png", "new_03_circle.png"]
+    assert [p.name for p in paths] == ["new_00_circle.png", "new_01_square.png", "new_02_triangle.png",
+                                       "new_03_circle.png"]
     dataset = _files(shapes.make_shapes_dataset(tmp_path / "data", per_class=4, size=32, seed=1))
     assert not {p.read_bytes() for p in paths} & set(dataset.values())
     with pytest.raises(GearfeatError, match="n=0"):
