@@ -1,9 +1,10 @@
 """``gearfeat finetune``: unfreeze the top of a transfer model's backbone and train it end to end on images.
 
-The starting point is the stitched model of a ``gearfeat train`` run (``image -> upscale -> preprocess ->
-backbone -> head``), whose head was trained on cached features. The top ``N`` layers of the nested
-``backbone`` become trainable, except batch normalization, which stays frozen: its moving statistics are
-kept and it runs in inference mode (the stitched model also calls the backbone with ``training=False``).
+The starting point is the stitched model of a ``gearfeat train`` or ``gearfeat search`` run (``image ->
+upscale -> preprocess -> backbone -> head``), whose head was trained on cached features, or of a finetune run.
+The top ``N`` layers of the nested ``backbone`` become trainable, except batch normalization, which stays
+frozen: its moving statistics are kept and it runs in inference mode (the stitched model also calls the
+backbone with ``training=False``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .train import SplitConfig
 #: Fine-tuning defaults: a learning rate low enough not to wreck the pretrained features, few epochs.
 DEFAULT_FIT = FitConfig(learning_rate=1e-5, batch_size=32, epochs=20, patience=3, reduce_lr_patience=None,
                         max_minutes=None)
-_SOURCE_COMMANDS = ("train", "finetune")
+_SOURCE_COMMANDS = ("train", "search", "finetune")
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -64,6 +65,23 @@ def unfreeze_top(model: keras.Model, n: int) -> list[str]:
     return [layer.name for layer in layers if layer.trainable]
 
 
+def _check_classes(run_dir: Path, recorded: list[str], found: list[str], data_dir: str | os.PathLike) -> None:
+    """Require the classes ``found`` in ``data_dir`` to be those ``recorded`` in ``run_dir``, in that order.
+
+    Raises:
+        GearfeatError: classes are missing, extra, or in another order (labels would not match the model's).
+    """
+    if found == recorded:
+        return
+    changes = {"missing": [name for name in recorded if name not in found],
+               "extra": [name for name in found if name not in recorded]}
+    differ = "; ".join(f"{what}: {', '.join(names)}" for what, names in changes.items() if names)
+    differ = differ or "same names in another order"
+    raise GearfeatError(f"{data_dir} has classes {', '.join(found)} but {run_dir} was trained on "
+                        f"{', '.join(recorded)} ({differ}); point --data-dir at the folder the run was "
+                        "trained on")
+
+
 def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: int,
              config: FitConfig | None = None, data_dir: str | os.PathLike | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
@@ -81,13 +99,19 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     info = source.read_json("run.json")
     if info.get("command") not in _SOURCE_COMMANDS:
         raise GearfeatError(f"{source.path} is a `gearfeat {info.get('command')}` run; finetune starts from "
-                            "a `gearfeat train` run (a stitched transfer model)")
+                            "a `gearfeat train` or `gearfeat search` run (a stitched transfer model)")
     model = load_model(source / "model.h5")
+    classes = info["class_names"]
+    if model.output_shape[-1] != len(classes):
+        raise GearfeatError(f"{source / 'model.h5'} has {model.output_shape[-1]} outputs but its run.json "
+                            f"records {len(classes)} classes; finetune a run folder as gearfeat wrote it")
     unfrozen = unfreeze_top(model, unfreeze)  # a bad --unfreeze fails before the images are decoded
     split = SplitConfig(**{k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")})
     image_size = int(model.input_shape[1])
     run = RunDir(out, create=True)
-    data = load_split(data_dir or info["data_dir"], split, image_size, progress=progress, log=log)
+    data_dir = data_dir or info["data_dir"]
+    data = load_split(data_dir, split, image_size, progress=progress, log=log)
+    _check_classes(source.path, classes, data.dataset.class_names, data_dir)
     if any(len(data.parts[k]) != info["split"].get(k) for k in data.parts):
         log(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "
             "head-only and fine-tuned accuracies below are both measured on the new test split")

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -10,6 +11,8 @@ from gearfeat.errors import GearfeatError
 from gearfeat.finetune import backbone_layers, finetune, unfreeze_top
 from gearfeat.fitting import FitConfig
 from gearfeat.heads import DenseHead
+from gearfeat.search import search
+from gearfeat.shapes import make_shapes_dataset
 from gearfeat.stitch import load_model, model_info
 from gearfeat.train import SplitConfig, train
 
@@ -116,3 +119,58 @@ def test_finetune_refuses_a_model_without_a_backbone(shapes_dir, tmp_path):
         finetune(cnn.run_dir, tmp_path / "out", unfreeze=1, config=FIT, progress=False, log=lambda m: None)
     with pytest.raises(GearfeatError, match="has no nested 'backbone' layer"):
         backbone_layers(load_model(cnn.run_dir / "model.h5"))
+
+
+def _doctored_run(transfer, tmp_path, class_names):
+    """A copy of the run folder ``transfer`` whose run.json records ``class_names``."""
+    run = shutil.copytree(transfer, tmp_path / "source")
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "class_names": class_names}))
+    return run
+
+
+def _add_star_class(data, tmp_path):
+    make_shapes_dataset(tmp_path / "more", per_class=20, size=32, seed=1, kinds=["circle"])
+    (tmp_path / "more" / "circle").rename(data / "star")  # other bytes than data/circle: a fourth class
+
+
+@pytest.mark.parametrize("change_data, recorded, found, difference", [
+    (_add_star_class, None, "circle, square, star, triangle", "extra: star"),
+    (lambda data, _: (data / "circle").rename(data / "ring"), None, "ring, square, triangle",
+     "missing: circle; extra: ring"),
+    (None, ["triangle", "square", "circle"], "circle, square, triangle", "same names in another order"),
+], ids=["extra", "renamed", "reordered"])
+def test_data_with_other_classes_than_the_run_is_one_clear_error(transfer, shapes_copy, tmp_path, capsys,
+                                                                 change_data, recorded, found, difference):
+    if change_data:
+        change_data(shapes_copy, tmp_path)
+    source = _doctored_run(transfer, tmp_path, recorded) if recorded else transfer
+    trained_on = ", ".join(recorded or ["circle", "square", "triangle"])
+    out = tmp_path / "out"
+    assert main(["finetune", str(source), "--unfreeze", "3", "--epochs", "1", "--no-progress",
+                 "--data-dir", str(shapes_copy), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [
+        f"gearfeat: error: {shapes_copy} has classes {found} but {source} was trained on {trained_on} "
+        f"({difference}); point --data-dir at the folder the run was trained on"]
+    assert not (out / "model.h5").exists()
+
+
+def test_a_model_with_another_number_of_outputs_than_the_run_classes_is_refused(transfer, tmp_path):
+    source = _doctored_run(transfer, tmp_path, ["circle", "square", "star", "triangle"])
+    with pytest.raises(GearfeatError, match=r"model.h5 has 3 outputs but its run.json records 4 classes; "):
+        finetune(source, tmp_path / "out", unfreeze=3, config=FIT, progress=False, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_starts_from_a_search_run(transfer, shapes_dir, tmp_path):
+    searched = search(shapes_dir, tmp_path / "search", space={"hidden": [[8]], "epochs": [3]}, n_trials=None,
+                      jobs=1, config=tiny_config(), split=SplitConfig(seed=2),
+                      cache_dir=transfer.parent / "cache", progress=False, log=lambda m: None).run_dir
+    assert json.loads((searched / "run.json").read_text())["command"] == "search"
+    tuned = finetune(searched, tmp_path / "out", unfreeze=3, config=FitConfig(epochs=1), progress=False,
+                     log=lambda m: None)
+    metrics = json.loads((tuned.run_dir / "metrics.json").read_text())
+    assert metrics["head_only_test_accuracy"] == pytest.approx(
+        json.loads((searched / "metrics.json").read_text())["test_accuracy"])
+    assert json.loads((tuned.run_dir / "run.json").read_text())["source_run"] == str(searched.resolve())
