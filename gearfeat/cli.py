@@ -198,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_CONFIG, run_demo
     if get_spec(args.backbone).name == DEMO_CONFIG.backbone:  # the demo's width and size unless given
         args.alpha = DEMO_CONFIG.alpha if args.alpha is None else args.alpha
-        args.backbone_size = args.backbone_size or DEMO_CONFIG.backbone_size
+        args.backbone_size = DEMO_CONFIG.backbone_size if args.backbone_size is None else args.backbone_size
     result = run_demo(args.out, args.weights, config=extractor_config(args), head=dense_head(args),
                       baseline=args.baseline, baseline_c=args.baseline_c, per_class=args.per_class,
                       n_new=args.new_images, seed=args.seed, cache_dir=args.cache_dir,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import PIL
 import tensorflow as tf
 
 from . import __version__
@@ -25,7 +26,7 @@ from .backbones import create_backbone, get_spec, parse_weights, weights_identit
 from .cache import FeatureCache
 from .dataset import Dataset, Skipped
 from .errors import GearfeatError, ImageError
-from .images import decode_image
+from .images import STANDARDIZE_VERSION, decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
 
@@ -50,11 +51,10 @@ class ExtractorConfig:
         spec = get_spec(self.backbone)
         self.backbone = spec.name
         self.weights = parse_weights(self.weights)
-        self.backbone_size = int(self.backbone_size or spec.native_size)
-        if not isinstance(self.image_size, int) or self.image_size < 8:
-            raise GearfeatError(f"--image-size must be an integer >= 8, got {self.image_size!r}")
-        if self.backbone_size < 8:
-            raise GearfeatError(f"--backbone-size must be an integer >= 8, got {self.backbone_size!r}")
+        self.backbone_size = spec.native_size if self.backbone_size is None else self.backbone_size
+        for name, value in (("--image-size", self.image_size), ("--backbone-size", self.backbone_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 8:
+                raise GearfeatError(f"{name} must be an integer >= 8, got {value!r}")
         if self.pooling not in ("avg", "max"):
             raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
         if self.alpha is not None:
@@ -74,6 +74,8 @@ class ExtractorConfig:
             "backbone_size": self.backbone_size,
             "pooling": self.pooling,
             "preprocessing": f"{self.preprocess}/v{PREPROCESSING_VERSION}",
+            "standardize": f"v{STANDARDIZE_VERSION}",
+            "pillow_version": PIL.__version__,
             "gearfeat_version": __version__,
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
@@ -123,6 +125,7 @@ class FeatureExtractor:
         self.prefetch = prefetch
         self.progress = progress
         self._model: keras.Model | None = None
+        self._build_error: GearfeatError | None = None
         self._forward = None
         self._building = threading.Lock()
         self._tracing = threading.Lock()
@@ -130,10 +133,17 @@ class FeatureExtractor:
 
     @property
     def model(self) -> keras.Model:
-        """The extractor model, built (with its compiled forward pass) on first use, by one thread."""
+        """The extractor model, built (with its compiled forward pass) on first use, by one thread; a build
+        that failed is not tried again (each stream would retry it: offline, one more download attempt each)."""
         with self._building:
+            if self._build_error is not None:
+                raise self._build_error
             if self._model is None:
-                model = build_extractor(self.config)
+                try:
+                    model = build_extractor(self.config)
+                except GearfeatError as exc:
+                    self._build_error = exc
+                    raise
                 size = self.config.image_size
                 # uint8 in, cast inside the graph: a quarter of the bytes to hand over, no numpy float copy
                 self._forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False),

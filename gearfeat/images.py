@@ -27,6 +27,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # away from untrusted files.
 _FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
+STANDARDIZE_VERSION = 1
+"""Bump whenever :func:`standardize` changes its output: it is part of every cache fingerprint (with
+Pillow's version, whose decoders and resampling it uses)."""
+
 _MIN_SIZE = 8
 _WHITE = (255, 255, 255)
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})

@@ -56,7 +56,8 @@ def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cac
     The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
     """
     dataset = scan_dataset(data_dir)
-    extractor = FeatureExtractor(config, progress=progress, **({"batch_size": batch_size} if batch_size else {}))
+    extractor = FeatureExtractor(config, progress=progress,
+                                 **({} if batch_size is None else {"batch_size": batch_size}))
     extraction = extractor.extract(dataset, cache_dir)
     extraction.skipped = dataset.skipped + extraction.skipped
     write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")

@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import h5py
@@ -7,6 +8,7 @@ import pytest
 
 from gearfeat import extractor as extractor_module
 from gearfeat.cache import FeatureCache
+from gearfeat.cli import main
 from gearfeat.dataset import scan_dataset
 from gearfeat.errors import GearfeatError
 from gearfeat.extractor import FeatureExtractor, build_extractor
@@ -57,9 +59,50 @@ def test_concurrent_streams_share_one_trace(shapes_dir, tmp_path):
 
 
 def test_any_setting_change_gives_a_new_cache_file(shapes_dir, tmp_path):
-    paths = {FeatureCache.path_for(tmp_path, tiny_config(**change).cache_attrs())
-             for change in ({}, {"image_size": 40}, {"backbone_size": 40}, {"alpha": 0.5}, {"pooling": "max"})}
-    assert len(paths) == 5
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"some weights")
+    changes = ({}, {"image_size": 40}, {"backbone_size": 40}, {"alpha": 0.5}, {"pooling": "max"},
+               {"weights": str(weights)})
+    paths = {FeatureCache.path_for(tmp_path, tiny_config(**change).cache_attrs()) for change in changes}
+    assert len(paths) == len(changes)
+
+
+@pytest.mark.parametrize("code", ["gearfeat.extractor.PREPROCESSING_VERSION", "gearfeat.extractor.STANDARDIZE_VERSION",
+                                  "PIL.__version__", "keras.__version__", "tensorflow.__version__",
+                                  "gearfeat.extractor.__version__"])
+def test_the_code_that_computes_features_is_in_the_cache_key(tmp_path, monkeypatch, code):
+    before = FeatureCache.path_for(tmp_path, tiny_config().cache_attrs())
+    monkeypatch.setattr(code, "another")
+    assert FeatureCache.path_for(tmp_path, tiny_config().cache_attrs()) != before
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"backbone_size": 0}, "--backbone-size must be an integer >= 8, got 0"),
+    ({"image_size": 7}, "--image-size must be an integer >= 8, got 7"),
+    ({"image_size": 32.0}, "--image-size must be an integer >= 8, got 32.0"),
+])
+def test_bad_sizes_are_named_not_replaced_by_defaults(setting, message):
+    with pytest.raises(GearfeatError, match=re.escape(message)):
+        tiny_config(**setting)
+
+
+def test_batch_size_zero_is_refused(shapes_dir, tmp_path, capsys):
+    code = main(["extract", str(shapes_dir), "--weights", "none", "--image-size", "32", "--backbone-size", "32",
+                 "--cache-dir", str(tmp_path), "--batch-size-extract", "0", "--no-progress"])
+    assert code == 1 and capsys.readouterr().err == "gearfeat: error: batch size must be an integer >= 1, got 0\n"
+
+
+def test_a_failed_build_is_not_retried_by_every_stream(shapes_dir, tmp_path, monkeypatch):
+    builds = []
+
+    def offline(config):
+        builds.append(config)
+        raise GearfeatError("cannot download ImageNet weights (offline?)")
+
+    monkeypatch.setattr(extractor_module, "build_extractor", offline)
+    with pytest.raises(GearfeatError, match="offline"):
+        FeatureExtractor(tiny_config(), progress=False, streams=4).extract(scan_dataset(shapes_dir), tmp_path)
+    assert len(builds) == 1
 
 
 def test_duplicate_files_are_computed_once(shapes_copy, tmp_path):
