@@ -178,8 +178,11 @@ def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for name, groups in zip(dataset.class_names, groups_of):
         if len(groups) < needed:
+            folder = Path(dataset.root) / name
+            skipped = sum(Path(item.path).parent == folder for item in dataset.skipped)
             raise GearfeatError(
-                f"class {name!r} has {len(groups)} distinct image{'' if len(groups) == 1 else 's'}; "
+                f"class {name!r} has {len(groups)} distinct image{'' if len(groups) == 1 else 's'}"
+                + (f" ({skipped} of its files were skipped, each listed above)" if skipped else "") + "; "
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} need at least {needed} "
                 "(one per split): add images to it or lower the fractions")
         groups.sort(key=lambda digest: hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest())

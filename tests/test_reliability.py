@@ -207,7 +207,18 @@ def test_class_too_small_for_the_split_is_a_clear_error(shapes_copy, tmp_path, c
     code = main(["train", str(shapes_copy), *MOBILENET, "--cache-dir", str(tmp_path / "c"), "--out",
                  str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 1 and err.startswith("gearfeat: error: class 'circle' has 2 distinct images"), err
+    assert code == 1 and err.startswith("gearfeat: error: class 'circle' has 2 distinct images;"), err
+
+
+def test_a_class_whose_every_image_fails_says_they_were_skipped(shapes_copy, tmp_path, capsys):
+    for image in (shapes_copy / "circle").iterdir():
+        image.write_bytes(b"not an image")
+    code = main(["train", str(shapes_copy), *MOBILENET, "--cache-dir", str(tmp_path / "c"), "--out",
+                 str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and sum(line.startswith("skipped ") and "/circle/" in line for line in lines) == 20
+    assert lines[-1].startswith("gearfeat: error: class 'circle' has 0 distinct images (20 of its files were "
+                                "skipped, each listed above); ")
 
 
 # ------------------------------------------------------------------------------------------ kills, locks, damage
