@@ -15,11 +15,10 @@ class GearfeatError(Exception):
 MAX_SEED = 2**32 - 1  # Keras and NumPy seed range
 
 
-def check_seed(seed: object) -> int:
-    """``seed`` as an int, or a GearfeatError naming it if it is not an integer in [0, 2**32 - 1]."""
+def check_seed(seed: object) -> None:
+    """Raise a GearfeatError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise GearfeatError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return int(seed)
 
 
 class ImageError(GearfeatError):
