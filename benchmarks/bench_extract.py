@@ -3,10 +3,15 @@
 Side by side, alternating rounds, in one process:
 
 * **bare**: a ``tf.function`` of the frozen backbone alone on already-decoded, already-resized and
-  preprocessed tensors in memory (the floor), at the extractor's batch size and at 32 and 128 images per
-  batch, each in every round; the ratio uses the fastest bare batch size (by its median);
+  preprocessed tensors in memory (the floor): one call at a time at the extractor's batch size and at 32
+  and 128 images per batch, and with the extractor's concurrency (``streams`` calls of its batch size in
+  flight at once, as the pipeline runs them), each in every round; the ratio uses the fastest of these
+  (by its median);
 * **pipeline**: ``scan_dataset`` + ``FeatureExtractor.extract`` into a fresh cache: read and hash each
   file, decode and standardize it (gearfeat.images), upscale, preprocess, backbone, HDF5 write.
+
+Both sides count the distinct images, the ones that go through the backbone (the pipeline decodes a file
+with the same bytes as another only once).
 
 Data: the gear images (../shared) or generated JPEGs. MobileNetV2 0.35 uses the real weights where present;
 MobileNetV2 1.0 and EfficientNetB0 run with random weights (throughput does not depend on weight values).
@@ -40,9 +45,9 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE
     dataset = _subset(scan_dataset(data), n_images)
-    n = len(dataset.records)
-    print(f"data: {data} ({n} images), image size 128 -> backbone 224, batch size {batch_size}, "
-          f"{rounds} round(s)")
+    n = len(set(dataset.hashes))
+    print(f"data: {data} ({len(dataset.records)} files, {n} distinct images), image size 128 -> backbone 224, "
+          f"batch size {batch_size}, {rounds} round(s)")
 
     rows, ratios = [], []
     for label in args.backbones.split(","):
@@ -60,18 +65,19 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 fx.extract(scan_dataset(data) if n_images is None else _subset(scan_dataset(data), n_images), tmp)
 
-        sizes = [batch_size] + ([] if args.quick else [bs for bs in (32, 128) if bs != batch_size])
-        for bs in sizes:
+        shapes = [(1, batch_size)] + ([] if args.quick else [(1, bs) for bs in (32, 128) if bs != batch_size])
+        shapes.append((fx.streams, batch_size))
+        for streams, bs in shapes:
             bare(bs, bs)  # warm-up at this batch shape, untimed
-        runs = {f"bare {bs}": (lambda bs=bs: bare(n, bs)) for bs in sizes}
+        runs = {_name(s, bs): (lambda s=s, bs=bs: bare(n, bs, s)) for s, bs in shapes}
         seconds = C.interleaved({**runs, "pipeline": pipeline}, rounds, quiet=not args.quick)
-        rates = {bs: n / C.median(seconds[f"bare {bs}"]) for bs in sizes}
-        bare_rate = rates[batch_size]
-        best_bs, best_rate = max(rates.items(), key=lambda kv: kv[1])
+        rates = {name: n / C.median(seconds[name]) for name in runs}
+        bare_rate = rates[_name(1, batch_size)]
+        best_name, best_rate = max(rates.items(), key=lambda kv: kv[1])
         pipe_rate = n / C.median(seconds["pipeline"])
         ratios.append(pipe_rate / best_rate)
         rows.append([label, "real" if config.weights else "random", f"{bare_rate:.0f}",
-                     f"{best_rate:.0f} (bs {best_bs})", f"{pipe_rate:.0f}", f"{first:.1f}",
+                     f"{best_rate:.0f} ({best_name.removeprefix('bare ')})", f"{pipe_rate:.0f}", f"{first:.1f}",
                      pipe_rate / bare_rate, pipe_rate / best_rate])
         if args.profile:
             _profile(fx, dataset, batch_size)
@@ -88,8 +94,16 @@ def _subset(dataset, n: int | None):
     return Dataset(dataset.root, dataset.class_names, dataset.records[:n], dataset.skipped)
 
 
+def _name(streams: int, batch_size: int) -> str:
+    return f"bare {batch_size}" if streams == 1 else f"bare {streams}x{batch_size}"
+
+
 def _bare_forward(fx, dataset):
-    """``run(n, batch_size)``: n images through a tf.function of the frozen backbone, tensors in memory."""
+    """``run(n, batch_size, streams=1)``: n images through a tf.function of the frozen backbone, tensors in
+    memory, with up to ``streams`` calls in flight at once (on as many threads, as the extractor does)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import tensorflow as tf
 
@@ -104,14 +118,28 @@ def _bare_forward(fx, dataset):
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     batches: dict[int, tf.Tensor] = {}
 
-    def run(n: int, batch_size: int) -> None:
+    def call(x: tf.Tensor):
+        return forward(x).numpy()
+
+    def run(n: int, batch_size: int, streams: int = 1) -> None:
         if batch_size not in batches:
             reps = -(-batch_size // len(pool))
             batches[batch_size] = tf.identity(tf.concat([pool] * reps, 0)[:batch_size])
-            forward(batches[batch_size]).numpy()  # warm-up at this shape
+            call(batches[batch_size])  # warm-up at this shape
         x = batches[batch_size]
-        for start in range(0, n, batch_size):
-            forward(x if n - start >= batch_size else x[: n - start]).numpy()
+        inputs = (x if n - start >= batch_size else x[: n - start] for start in range(0, n, batch_size))
+        if streams == 1:
+            for batch in inputs:
+                call(batch)
+            return
+        with ThreadPoolExecutor(streams) as threads:
+            in_flight: deque = deque()
+            for batch in inputs:
+                in_flight.append(threads.submit(call, batch))
+                if len(in_flight) >= streams:
+                    in_flight.popleft().result()
+            for future in in_flight:
+                future.result()
 
     run(len(pool), fx.batch_size)
     return run
