@@ -175,14 +175,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .plots import png_path
     from .predict import predict_images
+    if args.plot is not None:
+        try:
+            png_path(args.plot)
+        except GearfeatError as exc:
+            _log(f"gearfeat predict: error: argument --plot: {exc}")
+            return EXIT_USAGE
     predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         for p in predictions:
             print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
-    if args.plot:
+    if args.plot is not None and any(p.error is None for p in predictions):
         _log(f"wrote {args.plot}")
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
 
@@ -250,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="values of one parameter, e.g. dropout=0.2,0.5 or hidden=[256],[512,128],[] "
                         "(repeatable; on top of --space)")
     g.add_argument("--trials", type=_trials, default=24,
-                   help="configurations drawn at random (seeded by --seed); 'all' or at least the size of the "
-                        "space runs the whole grid (default 24)")
+                   help="configurations drawn at random (seeded by --seed), shared among the space's grids "
+                        "(head, baseline) by size, at least one each; 'all' or at least the size of the space "
+                        "runs the whole grid (default 24)")
     g.add_argument("--jobs", type=int, default=-1, help="trials run at once (default -1: every core or worker)")
     g.add_argument("--backend", default=None,
                    help="joblib backend: loky (processes, default), threading, dask or ray (a cluster)")

@@ -36,7 +36,7 @@ def plot_history(
     The left panel shows loss by epoch (numbered from 1) and marks the epoch with the
     lowest ``val_loss``; a right panel shows ``accuracy``/``val_accuracy`` when present.
     """
-    path = _png_path(path)
+    path = png_path(path)
     if "loss" not in history:
         raise GearfeatError(f"history has no 'loss' key (keys: {sorted(history)}); pass a Keras History.history")
     curves = {key: np.asarray(history[key], dtype=float) for key in _CURVES if key in history}
@@ -82,7 +82,7 @@ def plot_confusion(
 
     A class absent from ``y_true`` gets a zero row; the y labels show each class's count.
     """
-    path = _png_path(path)
+    path = png_path(path)
     n_classes = len(class_names)
     if n_classes < 2:
         raise GearfeatError(f"class_names has {n_classes} name(s) ({list(class_names)}); need at least 2")
@@ -128,7 +128,7 @@ def plot_predictions(
     ``ncols`` defaults to at most 5 columns. ``captions`` (e.g. file names) go in small grey type under the
     images; each image gets a light frame, so the square the model sees shows on a white page.
     """
-    path = _png_path(path)
+    path = png_path(path)
     if len(images) != len(titles):
         raise GearfeatError(f"got {len(images)} images but {len(titles)} titles; pass one title per image")
     if captions is not None and len(captions) != len(images):
@@ -200,17 +200,24 @@ def _labels(name: str, values: Sequence[int] | np.ndarray, n_classes: int) -> np
     return array.astype(np.intp)
 
 
-def _png_path(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, checked to name a ``.png`` file."""
+def png_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, checked to name a ``.png`` file in a folder that exists or is created now."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise GearfeatError(f"{path}: figures are written as PNG; use a path ending in .png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GearfeatError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
     return path
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG (creating folders) and free its artists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=_DPI)
-    fig.clear()
+    """Write ``fig`` to ``path`` (checked by :func:`png_path`) and free its artists."""
+    try:
+        fig.savefig(path, format="png", dpi=_DPI)
+    except OSError as exc:
+        raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        fig.clear()
     return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from .errors import GearfeatError, ImageError
 from .images import load_image
-from .plots import plot_predictions
+from .plots import png_path, plot_predictions
 from .stitch import load_model, model_info
 
 
@@ -50,8 +51,10 @@ class Predictor:
                 batch_size: int = 32) -> list[Prediction]:
         """Predictions in the order of ``paths``; an unreadable image gets an error, the others a label.
 
-        With ``plot``, also draws the usable images in a grid titled with class and confidence.
+        With ``plot`` (a ``.png`` path, checked first), also draws the usable images in a grid titled with class
+        and confidence; with none usable it warns and draws nothing.
         """
+        plot = None if plot is None else png_path(plot)
         images: list[np.ndarray | None] = []
         results: list[Prediction | None] = []
         for path in paths:
@@ -68,9 +71,9 @@ class Predictor:
             for i, p in zip(ok, proba):
                 k = int(np.argmax(p))
                 results[i] = Prediction(str(paths[i]), self.class_names[k], float(p[k]))
-        if plot is not None:
-            if not ok:
-                raise GearfeatError("no readable image to plot")
+        if plot is not None and not ok:
+            warnings.warn(f"no readable image, {plot} not drawn", stacklevel=2)
+        elif plot is not None:
             plot_predictions([images[i] for i in ok],
                              [f"{results[i].label} {results[i].confidence:.2f}" for i in ok], plot,
                              captions=[Path(paths[i]).name for i in ok])

@@ -43,7 +43,7 @@ from .dataset import Skipped, split_dataset
 from .errors import GearfeatError
 from .extractor import ExtractorConfig
 from .heads import DenseHead
-from .plots import _png_path, _save
+from .plots import _save, png_path
 from .progress import Progress
 from .runs import RunDir
 from .train import SplitConfig, extract_dataset, fit_and_save
@@ -188,14 +188,24 @@ class SearchSpace:
         return f"SearchSpace({self.to_json()!r})"
 
     def configurations(self, n_trials: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-        """The whole grid (``n_trials`` None or at least :func:`len`), else ``n_trials`` distinct configurations
-        drawn at random with ``seed`` (scikit-learn's ``ParameterGrid`` / ``ParameterSampler``)."""
+        """The whole grid (``n_trials`` None or at least :func:`len`: scikit-learn's ``ParameterGrid``), else
+        ``n_trials`` distinct configurations drawn at random, stratified by grid.
+
+        Every grid gets one trial first (with fewer trials than grids: the largest grids, ties the first), then
+        each further trial goes to the grid furthest below its share in proportion to size, ``n_trials * size /
+        len(self)`` (the default space, 24 trials: 23 heads and 1 baseline). The trials come grid by grid, in the
+        order of :attr:`grids`, each grid's drawn by scikit-learn's ``ParameterSampler`` from one
+        ``RandomState(seed)`` passed along, so the same seed gives the same trials.
+        """
         if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral)
                                      or n_trials < 1):
             raise GearfeatError(f"the number of trials must be a positive integer or 'all', got {n_trials!r}")
         if n_trials is None or n_trials >= len(self):
             return list(ParameterGrid(self.grids))
-        return list(ParameterSampler(self.grids, n_iter=int(n_trials), random_state=seed))
+        rng = np.random.RandomState(seed)
+        shares = _shares([len(ParameterGrid(grid)) for grid in self.grids], int(n_trials))
+        return [params for grid, share in zip(self.grids, shares) if share
+                for params in ParameterSampler(grid, n_iter=share, random_state=rng)]
 
     def with_values(self, name: str, values: Sequence) -> SearchSpace:
         """A copy where ``name`` takes ``values`` in every grid of its model (a new grid if there is none)."""
@@ -210,6 +220,17 @@ class SearchSpace:
         """The grids with tuples as lists, as written to ``run.json``."""
         return [{name: [list(v) if isinstance(v, tuple) else v for v in values] for name, values in grid.items()}
                 for grid in self.grids]
+
+
+def _shares(sizes: Sequence[int], n: int) -> list[int]:
+    """``n`` (less than ``sum(sizes)``) trials shared by grids of ``sizes``, none above its size: each goes to a
+    grid without one yet (largest first), else to the grid furthest below its quota ``n * size / total``."""
+    total, shares = sum(sizes), [0] * len(sizes)
+    for _ in range(n):
+        best = min((i for i, size in enumerate(sizes) if shares[i] < size),
+                   key=lambda i: (shares[i] > 0, shares[i] * total - n * sizes[i], i))
+        shares[best] += 1
+    return shares
 
 
 def parse_param(text: str) -> tuple[str, list]:
@@ -505,10 +526,12 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", progress: bool = True, log: Log = print) -> SearchResult:
     """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
-    retrain the best head and the best baseline and write the run folder like ``gearfeat train``.
+    retrain the best head and the best baseline (the defaults of a model no trial tried) and write the run
+    folder like ``gearfeat train``.
 
-    ``n_trials`` configurations are drawn at random (seeded by ``split.seed``); None, or at least the size of
-    the space, runs the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and
+    ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
+    ``split.seed``, see :meth:`SearchSpace.configurations`); None, or at least the size of the space, runs
+    the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and
     ``search.png`` besides ``model.h5`` (the best dense head) and the rest of a train run.
     """
     started = time.perf_counter()
@@ -535,27 +558,29 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     _write_trials(run, trials)
     best_head = next((t for t in board if t["model"] == "dense"), None)
     best_base = next((t for t in board if t["model"] != "dense"), None)
-    log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
-        f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f})")
-
     base_params = best_base["params"] if best_base else {}
+    baseline, baseline_c = base_params.get("baseline", "logreg"), base_params.get("baseline_c", 1.0)
     info = {
         "space": space.to_json(), "configurations": len(space), "trials": len(trials),
         "strategy": "grid" if len(trials) == len(space) else "random", "jobs": jobs, "backend": backend,
         "address": address, "seconds": search_seconds, "winner": board[0]["trial"],
+        "head_trials": sum(t["model"] == "dense" for t in trials),
+        "baseline_trials": sum(t["model"] != "dense" for t in trials),
         "best_head_trial": best_head and best_head["trial"], "best_baseline_trial": best_base and best_base["trial"],
     }
+    kept_baseline = f"{_kept(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
+    log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
+        f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
     metrics = fit_and_save(run, extraction, parts, head=DenseHead(**(best_head["params"] if best_head else {})),
-                           split=split, baseline=base_params.get("baseline", "logreg"),
-                           baseline_c=base_params.get("baseline_c", 1.0), started=started, command="search",
-                           extra={"search": info}, log=log)
+                           split=split, baseline=baseline, baseline_c=baseline_c, started=started,
+                           command="search", extra={"search": info}, log=log)
     winner = board[0]
     test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"
     metrics["winner"] = {"trial": winner["trial"], "model": winner["model"], "params": winner["params"],
                          "val_accuracy": winner["val_accuracy"], "test_accuracy": metrics[test_key]}
     run.write_json("metrics.json", metrics)
     influence = parameter_influence(trials)
-    _write_leaderboard(run, board, info, influence, metrics)
+    _write_leaderboard(run, board, info, influence, metrics, kept_baseline)
     plot_search(trials, run / "search.png", influence)
     run.record("search.png")
     return SearchResult(run.path, trials, board, metrics, extraction.skipped)
@@ -579,12 +604,19 @@ def _write_trials(run: RunDir, trials: Sequence[Mapping[str, Any]]) -> None:
     run.record("trials.csv")
 
 
+def _kept(tried: int, model: str) -> str:
+    """Which of the ``tried`` configurations of ``model`` the run folder keeps, for the summaries."""
+    if not tried:
+        return "default settings, not searched"
+    return f"the best of {tried} {model} configuration{'s' * (tried != 1)} tried"
+
+
 def _text(value: Any) -> str:
     return json.dumps(list(value)) if isinstance(value, tuple) else str(value)
 
 
 def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Mapping[str, Any],
-                       influence: Mapping[str, float], metrics: Mapping[str, Any]) -> None:
+                       influence: Mapping[str, float], metrics: Mapping[str, Any], kept_baseline: str) -> None:
     winner = metrics["winner"]
     lines = [
         "# Search leaderboard", "",
@@ -592,9 +624,9 @@ def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Ma
         f"{info['backend']} backend, {info['seconds']:.1f} s. Ranked by validation accuracy, then validation "
         "loss (cross-entropy; none for baselines without probabilities).", "",
         f"Winner: trial {winner['trial']} ({winner['model']}), test accuracy {winner['test_accuracy']:.4f}. "
-        f"`model.h5` holds the best dense head (test accuracy {metrics['test_accuracy']:.4f}), "
-        f"`baseline.joblib` the best baseline, {metrics['baseline']} (test accuracy "
-        f"{metrics['baseline_test_accuracy']:.4f}): the only uses of the test split, one per model.", "",
+        f"`model.h5` holds the dense head, {_kept(info['head_trials'], 'dense head')} (test accuracy "
+        f"{metrics['test_accuracy']:.4f}); `baseline.joblib` the baseline, {kept_baseline} (test accuracy "
+        f"{metrics['baseline_test_accuracy']:.4f}). These are the only uses of the test split, one per model.", "",
     ]
     if influence:
         name, share = next(iter(influence.items()))
@@ -613,13 +645,14 @@ def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Ma
 
 def plot_search(trials: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                 influence: Mapping[str, float] | None = None) -> Path:
-    """Validation accuracy per trial (left) and against the most influential parameter (right)."""
-    path = _png_path(path)
+    """Validation accuracy per trial (left; a star on the trial :func:`rank_trials` puts first) and against
+    the most influential parameter (right)."""
+    path = png_path(path)
     influence = parameter_influence(trials) if influence is None else influence
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    best = max(trials, key=lambda t: (t["val_accuracy"], -t["trial"]))
+    best = rank_trials(trials)[0]
     for model in sorted({t["model"] for t in trials}, key=lambda m: (m != "dense", m)):
         mine = [t for t in trials if t["model"] == model]
         left.plot([t["trial"] for t in mine], [t["val_accuracy"] for t in mine], "o" if model == "dense" else "s",

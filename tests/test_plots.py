@@ -52,6 +52,12 @@ def test_history_errors(tmp_path):
         plots.plot_history({"loss": [1.0, 0.5], "val_loss": [1.0]}, tmp_path / "h.png")
     with pytest.raises(GearfeatError, match="h.jpg"):
         plots.plot_history({"loss": [1.0]}, tmp_path / "h.jpg")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GearfeatError, match="cannot create the folder of .*file/h.png: "):
+        plots.plot_history({"loss": [1.0]}, tmp_path / "file" / "h.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(GearfeatError, match="cannot write .*dir.png: "):
+        plots.plot_history({"loss": [1.0]}, tmp_path / "dir.png")
 
 
 def test_confusion_long_names_and_missing_class_without_warnings(tmp_path):

@@ -118,9 +118,41 @@ def test_configurations_grid_and_seeded_random():
         space.configurations(0)
 
 
+def test_the_default_search_tries_a_baseline():
+    default = SearchSpace(DEFAULT_SPACE)
+    assert [len(SearchSpace(g)) for g in default.grids] == [192, 6]  # one head grid, one baseline grid
+    drawn = default.configurations(24, seed=0)
+    assert drawn == default.configurations(24, seed=0) and len({json.dumps(c, sort_keys=True) for c in drawn}) == 24
+    assert [("baseline" in c or "baseline_c" in c) for c in drawn] == [False] * 23 + [True]  # 24 * 6/198 -> 1
+
+
+def test_a_sampled_search_gives_every_grid_its_share():
+    two = SearchSpace({"dropout": [0.1, 0.2, 0.3, 0.4], "l2": [0.0, 0.1, 0.2], "baseline_c": [0.1, 1.0]})
+    for seed in range(10):
+        head, base = two.configurations(2, seed=seed)
+        assert set(head) == {"dropout", "l2"} and set(base) == {"baseline_c"}
+    three = SearchSpace([{"dropout": [0.1, 0.2]}, {"l2": [0.0, 0.1, 0.2]}, {"baseline_c": [0.1, 1.0, 10.0]}])
+    assert [set(c) for c in three.configurations(2, seed=0)] == [{"l2"}, {"baseline_c"}]  # largest grids first
+    assert [set(c) for c in three.configurations(7, seed=0)] == [{"dropout"}] * 2 + [{"l2"}] * 3 + [
+        {"baseline_c"}] * 2  # 7 * (2, 3, 3) / 8 = 1.75, 2.625, 2.625: largest remainders, grid by grid
+
+
+def test_the_search_figure_stars_the_trial_ranked_first(tmp_path, monkeypatch):
+    rows = [{"trial": 0, "model": "dense", "val_accuracy": 0.9, "val_loss": 0.5, "params": {"dropout": 0.2}},
+            {"trial": 1, "model": "dense", "val_accuracy": 0.9, "val_loss": 0.3, "params": {"dropout": 0.5}},
+            {"trial": 2, "model": "logreg", "val_accuracy": 0.8, "val_loss": None, "params": {"baseline": "logreg"}}]
+    assert rank_trials(rows)[0]["trial"] == 1  # equal accuracy: the lower validation loss ranks first
+    figures = []
+    module = sys.modules["gearfeat.search"]  # the module: gearfeat.search is the function
+    monkeypatch.setattr(module, "_save", lambda fig, path: figures.append(fig) or path)
+    plot_search(rows, tmp_path / "search.png")
+    [star] = [line for line in figures[0].axes[0].lines if line.get_marker() == "*"]
+    assert list(star.get_xdata()) == [1] and star.get_label() == "best: trial 1"
+
+
 def test_parameter_influence_and_the_search_figure(tmp_path):
     rows = [{"trial": i, "model": "dense", "val_accuracy": 0.5 + 0.4 * (lr == 1e-2) + 0.01 * (dropout == 0.5),
-             "params": {"dropout": dropout, "learning_rate": lr}}
+             "val_loss": 0.5, "params": {"dropout": dropout, "learning_rate": lr}}
             for i, (dropout, lr) in enumerate([(0.2, 1e-3), (0.2, 1e-2), (0.5, 1e-3), (0.5, 1e-2)] * 2)]
     influence = parameter_influence(rows)
     assert list(influence) == ["learning_rate", "dropout"]
@@ -230,6 +262,8 @@ def test_search_writes_a_train_run_plus_the_trials(searched):
         "trial,rank,model,hidden,epochs,baseline,val_loss,val_accuracy,epochs_run,best_epoch,seconds")
     board = (folder / "leaderboard.md").read_text()
     assert board.index(f"| 1 | {result.best['trial']} |") < board.index("| 2 |")
+    assert "the best of 2 dense head configurations tried" in board
+    assert re.search(r"the best of 2 baseline configurations tried: (logreg|svc), C=1 \(test accuracy", board)
     run = json.loads((folder / "run.json").read_text())
     assert run["command"] == "search" and run["search"]["trials"] == 4 and run["search"]["strategy"] == "grid"
     best_dense = next(t for t in result.leaderboard if t["model"] == "dense")
@@ -239,6 +273,21 @@ def test_search_writes_a_train_run_plus_the_trials(searched):
     assert metrics["stitched_vs_head_max_abs_diff"] <= 1e-5
     assert Image.open(folder / "search.png").size[0] > 500
     assert set(json.loads((folder / "manifest.json").read_text())) >= {"trials.csv", "search.png", "model.h5"}
+
+
+def test_a_search_without_baseline_trials_says_its_baseline_is_the_default(searched, shapes_dir, tmp_path):
+    cache = searched[0].run_dir.parent / "cache"  # the features of the searched fixture, reused
+    lines = []
+    result = search(shapes_dir, tmp_path / "run", space={"hidden": [[]], "epochs": [1]}, jobs=1,
+                    config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False,
+                    log=lines.append)
+    assert {t["model"] for t in result.trials} == {"dense"} and result.metrics["baseline"] == "logreg"
+    board = (result.run_dir / "leaderboard.md").read_text()
+    assert "`baseline.joblib` the baseline, default settings, not searched: logreg, C=1 (test accuracy" in board
+    assert "best baseline" not in board and "the best of 1 dense head configuration tried" in board
+    assert any(line.endswith("; baseline: default settings, not searched: logreg, C=1") for line in lines)
+    run = json.loads((result.run_dir / "run.json").read_text())["search"]
+    assert (run["head_trials"], run["baseline_trials"], run["best_baseline_trial"]) == (1, 0, None)
 
 
 def test_the_test_split_is_used_once_by_the_winners_only(searched):

@@ -1,0 +1,60 @@
+"""``gearfeat predict --plot``: a bad path is refused before any work; no readable image still reports each file."""
+import json
+import sys
+
+import keras
+import pytest
+from PIL import Image
+
+from gearfeat.cli import main
+from gearfeat.stitch import save_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny 16 px, 2-class model saved the way gearfeat saves its models."""
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    return save_model(keras.Model(inputs, outputs), tmp_path_factory.mktemp("model") / "model.h5", ["cat", "dog"])
+
+
+def test_a_bad_plot_path_is_a_usage_error_before_any_work(model_path, tmp_path, capsys, monkeypatch):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    monkeypatch.setattr(sys.modules["gearfeat.predict"], "load_image",
+                        lambda *args: pytest.fail("an image was read before --plot was checked"))
+    assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "grid.jpg")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"gearfeat predict: error: argument --plot: {tmp_path / 'grid.jpg'}: figures are written as PNG; use a "
+        "path ending in .png\n")
+    assert main(["predict", str(tmp_path / "nope.h5"), str(image), "--plot", "grid"]) == 2  # before the model
+    assert "argument --plot: grid: figures are written as PNG" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "file" / "grid.png")]) == 2
+    assert "argument --plot: cannot create the folder of " in capsys.readouterr().err
+
+
+def test_no_readable_image_reports_each_file_and_skips_the_plot(model_path, tmp_path, capsys):
+    bad, missing = tmp_path / "bad.jpg", tmp_path / "missing.png"
+    bad.write_text("<html>not an image</html>")
+    plot = tmp_path / "grid.png"
+    assert main(["predict", str(model_path), str(bad), str(missing), "--plot", str(plot)]) == 3
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [[str(bad), "ERROR"], [str(missing), "ERROR"]]
+    assert "not an image" in lines[0]
+    assert captured.err == f"gearfeat: warning: no readable image, {plot} not drawn\n"
+    assert not plot.exists()
+    assert main(["predict", str(model_path), str(bad), "--json", "--plot", str(plot)]) == 3
+    assert json.loads(capsys.readouterr().out)[0]["label"] is None
+
+
+def test_a_readable_image_is_plotted(model_path, tmp_path, capsys):
+    image, plot = tmp_path / "a.png", tmp_path / "out" / "grid.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    assert main(["predict", str(model_path), str(image), "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    path, label, _ = captured.out.split("\t")
+    assert path == str(image) and label in ("cat", "dog")
+    assert captured.err == f"wrote {plot}\n" and Image.open(plot).size[0] > 100
