@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gearfeat`` console command."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    with warnings.catch_warnings(), _sigterm_interrupts():
+    with warnings.catch_warnings(), sigterm_interrupts():
         warnings.showwarning = _show_warning
         try:
             return run(args)
@@ -359,7 +359,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
     """Treat SIGTERM (a scheduler or ``kill`` stopping the job) like Ctrl-C: commit what was computed."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -26,7 +26,7 @@ from .backbones import create_backbone, get_spec, parse_weights, weights_identit
 from .cache import FeatureCache
 from .dataset import Dataset, Skipped
 from .errors import GearfeatError, ImageError
-from .images import STANDARDIZE_VERSION, decode_image
+from .images import STANDARDIZE_VERSION, check_image_size, decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
 
@@ -52,9 +52,8 @@ class ExtractorConfig:
         self.backbone = spec.name
         self.weights = parse_weights(self.weights)
         self.backbone_size = spec.native_size if self.backbone_size is None else self.backbone_size
-        for name, value in (("--image-size", self.image_size), ("--backbone-size", self.backbone_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 8:
-                raise GearfeatError(f"{name} must be an integer >= 8, got {value!r}")
+        self.image_size = check_image_size(self.image_size, "--image-size")
+        self.backbone_size = check_image_size(self.backbone_size, "--backbone-size")
         if self.pooling not in ("avg", "max"):
             raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
         if self.alpha is not None:

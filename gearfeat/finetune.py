@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .dataset import scan_dataset
 from .errors import GearfeatError
 from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
 from .heads import compile_model
@@ -108,10 +109,11 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     unfrozen = unfreeze_top(model, unfreeze)  # a bad --unfreeze fails before the images are decoded
     split = SplitConfig(**{k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")})
     image_size = int(model.input_shape[1])
-    run = RunDir(out, create=True)
     data_dir = data_dir or info["data_dir"]
-    data = load_split(data_dir, split, image_size, progress=progress, log=log)
-    _check_classes(source.path, classes, data.dataset.class_names, data_dir)
+    dataset = scan_dataset(data_dir)
+    _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
+    run = RunDir(out, create=True)
+    data = load_split(dataset, split, image_size, progress=progress, log=log)
     if any(len(data.parts[k]) != info["split"].get(k) for k in data.parts):
         log(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "
             "head-only and fine-tuned accuracies below are both measured on the new test split")

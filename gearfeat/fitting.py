@@ -113,9 +113,10 @@ def decode_images(dataset: Dataset, size: int, *, workers: int | None = None,
     return np.stack(images), kept
 
 
-def load_split(data_dir: str | os.PathLike, split: SplitConfig, image_size: int, *, progress: bool = True,
+def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size: int, *, progress: bool = True,
                log: Log = print) -> ImageSplit:
-    """Scan ``data_dir``, decode its images at ``image_size`` and split them as ``gearfeat train`` does.
+    """Scan the folder ``data`` (or take it already scanned), decode its images at ``image_size`` and split them
+    as ``gearfeat train`` does.
 
     Raises:
         GearfeatError: a fraction is 0 (training needs validation images to stop early and test images to
@@ -125,7 +126,8 @@ def load_split(data_dir: str | os.PathLike, split: SplitConfig, image_size: int,
         if not fraction > 0:
             raise GearfeatError(f"--{part}-fraction is {fraction}: training on images needs {part} images "
                                 "(validation to stop early, test to measure); pass a fraction above 0")
-    images, dataset = decode_images(scan_dataset(data_dir), image_size, progress=progress)
+    images, dataset = decode_images(data if isinstance(data, Dataset) else scan_dataset(data), image_size,
+                                    progress=progress)
     for item in dataset.skipped:
         log(f"skipped {item.path}: {item.reason}")
     parts = split_dataset(dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,

@@ -128,10 +128,12 @@ def os_error_reason(exc: OSError, what: str = "file") -> str:
     return f"cannot read {what}: {detail}"
 
 
-def check_image_size(size: int) -> None:
-    """Raise a GearfeatError unless ``size`` is an integer image side of at least the minimum."""
+def check_image_size(size: int, name: str = "image size") -> int:
+    """``size`` as an int if it is an integer image side of at least the minimum; else a GearfeatError
+    naming it as ``name`` (an option such as ``--image-size``)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
-        raise GearfeatError(f"image size must be an integer >= {_MIN_SIZE}, got {size!r}")
+        raise GearfeatError(f"{name} must be an integer >= {_MIN_SIZE}, got {size!r}")
+    return int(size)
 
 
 def _check_pixels(declared: tuple[int, int]) -> None:

@@ -19,7 +19,7 @@ import sys
 import gearfeat  # noqa: F401  registers the Lambda functions that cifar10.h5 refers to
 from gearfeat.cifar import (CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs,
                             train_cifar10)
-from gearfeat.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_head_options, dense_head
+from gearfeat.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, sigterm_interrupts, add_head_options, dense_head
 from gearfeat.errors import GearfeatError
 from gearfeat.extractor import ExtractorConfig
 
@@ -30,8 +30,8 @@ Early stopping on the validation part restores the best epoch. The --baseline (d
 L2-regularized logistic regression on standardized features, the linear-probe protocol of published
 results, C not tuned) is fitted on the same cached features; its test accuracy is printed beside the head's.
 
-exit status: 0 ok, 1 error (one line on stderr), 2 bad usage, 130 interrupted (the cache keeps what was
-computed; run again to resume).
+exit status: 0 ok, 1 error (one line on stderr), 2 bad usage, 130 interrupted by Ctrl-C or SIGTERM (the
+cache keeps what was computed; run again to resume).
 
 with a GPU and a network (Keras downloads CIFAR-10 and the ImageNet weights):
   python scripts/0-transfer.py --backbone resnet50 --weights imagenet --plots runs/cifar10
@@ -83,16 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Train on CIFAR-10 and save ./cifar10.h5; exit status 0 ok, 1 error (one line), 130 interrupted."""
+    """Train on CIFAR-10 and save ./cifar10.h5; exit status 0 ok, 1 error (one line), 130 interrupted (Ctrl-C
+    or SIGTERM, as for gearfeat's commands)."""
     args = build_parser().parse_args(argv)
     try:
-        config = ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
-                                 image_size=IMAGE_SIZE, backbone_size=args.backbone_size)
-        result = train_cifar10("cifar10.h5", data=args.data, config=config, head=dense_head(args),
-                               val_fraction=args.val_fraction, seed=args.seed, baseline=args.baseline,
-                               baseline_c=args.baseline_c, cache_dir=args.cache_dir,
-                               batch_size=args.batch_size_extract, plots=args.plots,
-                               progress=not args.no_progress, log=_log)
+        with sigterm_interrupts():
+            config = ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
+                                     image_size=IMAGE_SIZE, backbone_size=args.backbone_size)
+            result = train_cifar10("cifar10.h5", data=args.data, config=config, head=dense_head(args),
+                                   val_fraction=args.val_fraction, seed=args.seed, baseline=args.baseline,
+                                   baseline_c=args.baseline_c, cache_dir=args.cache_dir,
+                                   batch_size=args.batch_size_extract, plots=args.plots,
+                                   progress=not args.no_progress, log=_log)
     except GearfeatError as exc:
         _log(f"0-transfer.py: error: {exc}")
         return EXIT_ERROR

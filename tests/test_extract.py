@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gearfeat import extractor as extractor_module
+from gearfeat import images as images_module
 from gearfeat.cache import FeatureCache
 from gearfeat.cli import main
 from gearfeat.dataset import scan_dataset
@@ -84,6 +85,15 @@ def test_the_code_that_computes_features_is_in_the_cache_key(tmp_path, monkeypat
 def test_bad_sizes_are_named_not_replaced_by_defaults(setting, message):
     with pytest.raises(GearfeatError, match=re.escape(message)):
         tiny_config(**setting)
+
+
+def test_sizes_are_checked_by_the_image_size_check_of_gearfeat_images(monkeypatch):
+    config = tiny_config(image_size=np.int64(32), backbone_size=np.int64(48))  # as numpy hands them out
+    assert (config.image_size, config.backbone_size) == (32, 48)
+    assert type(config.image_size) is type(config.backbone_size) is int  # plain ints in the cache key
+    monkeypatch.setattr(images_module, "_MIN_SIZE", 40)
+    with pytest.raises(GearfeatError, match=re.escape("--image-size must be an integer >= 40, got 32")):
+        tiny_config()
 
 
 def test_batch_size_zero_is_refused(shapes_dir, tmp_path, capsys):

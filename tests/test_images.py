@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from gearfeat.errors import GearfeatError, ImageError
-from gearfeat.images import IMAGE_EXTENSIONS, decode_image, load_image, standardize
+from gearfeat.images import IMAGE_EXTENSIONS, check_image_size, decode_image, load_image, standardize
 
 SIZE = 32
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -47,6 +47,14 @@ def close(pixel, colour, tolerance=12) -> bool:
 
 def test_extensions_are_lower_case_with_dot():
     assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif"} == IMAGE_EXTENSIONS
+
+
+def test_image_size_check_names_the_option_and_gives_an_int():
+    assert check_image_size(np.int64(32)) == 32 and type(check_image_size(np.int64(32))) is int
+    with pytest.raises(GearfeatError, match=r"^image size must be an integer >= 8, got 7$"):
+        check_image_size(7)
+    with pytest.raises(GearfeatError, match=r"^--backbone-size must be an integer >= 8, got True$"):
+        check_image_size(True, "--backbone-size")
 
 
 def test_wide_image_is_scaled_to_longer_side_and_centred_on_white():
