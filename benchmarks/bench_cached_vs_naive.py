@@ -4,15 +4,20 @@
 All three start from the image files on disk and end with the test accuracy, in one process:
 
 * **naive** (the sample notebook's way): load the images, build image -> upscale -> preprocess -> frozen
-  backbone -> dense head as one model and ``fit`` it for 10 epochs (batch 32, validation every epoch),
-  so every epoch runs every image through the backbone again; then evaluate on the test split. Images
-  are decoded once up front, which favours naive (a generator would decode them every epoch too);
+  backbone -> dense head as one model and ``fit`` it for 10 epochs at the head's batch size (the default
+  ``DenseHead``'s, 64; validation on the val split every epoch), so every epoch runs every image through
+  the backbone again; then evaluate on the test split. Images are decoded once up front, on the same
+  thread pool as ``gearfeat cnn`` decodes them, which favours naive (a generator would decode them every
+  epoch too);
 * **cached, cold**: ``extract_dataset`` into an empty cache (scan, build the extractor, extract) and a
   ``DenseHead`` fitted for 10 epochs on the cached features, then its test accuracy;
 * **cached, warm**: the same again on the now warm cache (a second head).
 
-The three alternate over ``--rounds`` rounds (a new empty cache for each cold run); the ratios are
-those of the medians. The naive model is prepared for training as the heads are (one trace).
+Both ways do the same training work otherwise: the same split (``split_dataset``'s defaults), the same
+head network and seed, the same number of epochs (the cached head's patience equals its epochs, so it never
+stops early), validation on the same val images every epoch, and one evaluation on the test split. The
+three alternate over ``--rounds`` rounds (a new empty cache for each cold run); the ratios are those of the
+medians. The naive model is prepared for training as the heads are (one trace).
 
 Data: the gear images with the real MobileNetV2 0.35/224 weights (../shared), or generated JPEGs with
 random weights (the timings do not depend on the weight values).
@@ -32,10 +37,12 @@ def main() -> None:
     C.header("goal 2: cached beats naive (naive / cached time)", args)
     import numpy as np
 
+    import keras
+
     from gearfeat.dataset import scan_dataset, split_dataset
     from gearfeat.extractor import ExtractorConfig, build_extractor
+    from gearfeat.fitting import decode_images
     from gearfeat.heads import DenseHead, compile_model
-    from gearfeat.images import load_image
     from gearfeat.stitch import stitch
     from gearfeat.train import extract_dataset
 
@@ -47,7 +54,8 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="gearfeat-bench-naive-"))
     data = C.small_copy(source, 6) if args.quick else source
     print(f"data: {data}, backbone {config.backbone} {config.alpha} at {config.backbone_size}, "
-          f"weights {'real' if weights else 'random'}, {epochs} epochs")
+          f"weights {'real' if weights else 'random'}, {epochs} epochs at batch {DenseHead().batch_size} "
+          "(the default head's) on both sides")
 
     def head() -> DenseHead:
         return DenseHead(epochs=epochs, patience=epochs)
@@ -63,16 +71,19 @@ def main() -> None:
         return float(fitted.score(X[parts["test"]], y[parts["test"]]))
 
     def naive() -> float:
-        dataset = scan_dataset(data)
+        images, dataset = decode_images(scan_dataset(data), config.image_size, progress=False)
+        images = images.astype(np.float32)
         parts = split_dataset(dataset)
-        images = np.stack([load_image(r.path, config.image_size) for r in dataset.records]).astype(np.float32)
         y = dataset.labels
         template = head()
-        model = compile_model(stitch(build_extractor(config), template.build(1280, len(dataset.class_names))),
-                              template.learning_rate)
-        model.fit(images[parts["train"]], y[parts["train"]], batch_size=32, epochs=epochs, verbose=0,
+        batch_size = int(template.batch_size)  # the cached head's batch size
+        extractor = build_extractor(config)
+        keras.utils.set_random_seed(template.seed)  # as DenseHead.fit does
+        model = compile_model(stitch(extractor, template.build(int(extractor.output.shape[-1]),
+                                                               len(dataset.class_names))), template.learning_rate)
+        model.fit(images[parts["train"]], y[parts["train"]], batch_size=batch_size, epochs=epochs, verbose=0,
                   validation_data=(images[parts["val"]], y[parts["val"]]))
-        return float(model.evaluate(images[parts["test"]], y[parts["test"]], verbose=0)[1])
+        return float(model.evaluate(images[parts["test"]], y[parts["test"]], batch_size=batch_size, verbose=0)[1])
 
     accuracy = {}
 

@@ -1,5 +1,5 @@
-"""Goal 3: a warm cache is free. Re-extracting an unchanged dataset costs <= 3 % of the cold extraction;
-adding 10 % new images costs about 10 % of a cold run.
+"""Goal 3: a warm cache is free. Re-extracting an unchanged dataset costs <= 3 % of the cold extraction (3a);
+adding 10 % new images costs about 10 % of a cold run (3b, judged as <= 0.10 of the cold time).
 
 Each figure is the extraction phase of ``gearfeat train`` (``gearfeat.train.extract_dataset``: scan and hash
 the folder, build the extractor if anything must be computed, extract, read the features), timed in one
@@ -19,6 +19,11 @@ import tempfile
 from pathlib import Path
 
 import _common as C
+
+WARM_TARGET = 0.03
+"""Goal 3a: re-extracting an unchanged dataset costs <= 3 % of the cold extraction."""
+INCREMENT_TARGET = 0.10
+"""Goal 3b: adding 10 % new images costs about 10 % of a cold run, judged as <= 0.10 (no tolerance added)."""
 
 
 def main() -> None:
@@ -69,9 +74,10 @@ def main() -> None:
                 for name, s in seconds.items()]
         print()
         C.table(["extraction phase", "median s", "rounds s", "/ cold"], rows)
-        C.verdict(C.Goal("goal 3, warm / cold extraction time", C.median(seconds["warm"]) / cold_s, 0.03, False),
-                  C.Goal("goal 3, +10 % / cold extraction time (about 0.10)", C.median(seconds["+10 %"]) / cold_s,
-                         0.15, False), quick=args.quick)
+        C.verdict(C.Goal("goal 3a, warm / cold extraction time", C.median(seconds["warm"]) / cold_s, WARM_TARGET,
+                         False),
+                  C.Goal("goal 3b, +10 % / cold extraction time", C.median(seconds["+10 %"]) / cold_s,
+                         INCREMENT_TARGET, False), quick=args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

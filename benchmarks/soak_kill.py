@@ -191,6 +191,13 @@ def main() -> int:
         reference = run(extract_command(data, tmp / "reference"))
         print(f"reference: {3 * per_class} images, uninterrupted run {time.perf_counter() - t0:.1f} s "
               f"(exit {reference.returncode})")
+        failed = (f"failed with exit status {reference.returncode}" if reference.returncode not in (0, 3)  # 3: skips
+                  else "left no cache file" if cache_file(tmp / "reference") is None else None)
+        if failed:
+            last = (reference.stderr.strip().splitlines() or ["(no output)"])[-1]
+            print(f"error: the reference run (uninterrupted gearfeat extract) {failed}, so there is nothing to "
+                  f"compare with: {last}", file=sys.stderr)
+            return 1
         stats, problems, corrupt_left, cycles = SoakStats(), [], [], 0
         while stats.kills < rounds:  # cycles: kill until the cache is complete, compare, start over
             cache = tmp / f"cache{cycles}"
