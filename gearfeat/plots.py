@@ -68,7 +68,7 @@ def plot_history(
         loss_ax.legend()
     if has_accuracy:
         _plot_curves(acc_ax[0], epochs, curves, "accuracy", "Accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(
@@ -113,7 +113,7 @@ def plot_confusion(
             col, row, "0" if value == 0 else f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
             color="white" if value > 0.6 else ("0.6" if value == 0 else "black"),
         )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(
@@ -163,7 +163,7 @@ def plot_predictions(
             spine.set_color("0.8")
         if captions is not None:
             ax.set_xlabel(_middle_ellipsis(str(captions[i]), 34), fontsize=7, color="0.4")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_curves(ax: Axes, epochs: np.ndarray, curves: Mapping[str, np.ndarray], key: str, ylabel: str) -> None:
@@ -201,20 +201,25 @@ def _labels(name: str, values: Sequence[int] | np.ndarray, n_classes: int) -> np
 
 
 def png_path(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, checked to name a ``.png`` file in a folder that exists or is created now."""
+    """``path`` as a Path, checked (nothing created) to name a ``.png`` file that can be written: not a
+    folder, and the nearest existing folder above it writable."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise GearfeatError(f"{path}: figures are written as PNG; use a path ending in .png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GearfeatError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise GearfeatError(f"{path} is a folder; pass the path of the .png file to write")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise GearfeatError(f"cannot write {path}: {ancestor} is not a writable folder")
     return path
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (checked by :func:`png_path`) and free its artists."""
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (checked by :func:`png_path`), creating its folder, and free its artists."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png", dpi=_DPI)
     except OSError as exc:
         raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -40,10 +40,10 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from .baseline import BASELINES, make_baseline
 from .dataset import Skipped, split_dataset
-from .errors import GearfeatError
+from .errors import GearfeatError, check_seed
 from .extractor import ExtractorConfig
 from .heads import DenseHead
-from .plots import _save, png_path
+from .plots import png_path, save_figure
 from .progress import Progress
 from .runs import RunDir
 from .train import SplitConfig, extract_dataset, fit_and_save
@@ -200,6 +200,7 @@ class SearchSpace:
         if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral)
                                      or n_trials < 1):
             raise GearfeatError(f"the number of trials must be a positive integer or 'all', got {n_trials!r}")
+        check_seed(seed)
         if n_trials is None or n_trials >= len(self):
             return list(ParameterGrid(self.grids))
         rng = np.random.RandomState(seed)
@@ -669,7 +670,7 @@ def plot_search(trials: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     else:
         right.text(0.5, 0.5, "no parameter varied", ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_by_value(ax, trials: Sequence[Mapping[str, Any]], name: str) -> None:

@@ -134,7 +134,7 @@ def test_bad_architecture_is_one_clear_error(spec, message):
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--image-size", "-5"], "image size must be an integer >= 8, got -5"),
+    (["--image-size", "-5"], "--image-size must be an integer >= 8, got -5"),
     (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
     (["--learning-rate", "inf"], "invalid training parameter learning_rate=inf"),
 ])

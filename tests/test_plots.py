@@ -53,11 +53,18 @@ def test_history_errors(tmp_path):
     with pytest.raises(GearfeatError, match="h.jpg"):
         plots.plot_history({"loss": [1.0]}, tmp_path / "h.jpg")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(GearfeatError, match="cannot create the folder of .*file/h.png: "):
-        plots.plot_history({"loss": [1.0]}, tmp_path / "file" / "h.png")
+    with pytest.raises(GearfeatError, match="cannot write .*file/new/h.png: .*file is not a writable folder"):
+        plots.plot_history({"loss": [1.0]}, tmp_path / "file" / "new" / "h.png")
     (tmp_path / "dir.png").mkdir()
-    with pytest.raises(GearfeatError, match="cannot write .*dir.png: "):
+    with pytest.raises(GearfeatError, match="dir.png is a folder; pass the path of the .png file"):
         plots.plot_history({"loss": [1.0]}, tmp_path / "dir.png")
+
+
+def test_a_figure_path_is_checked_without_creating_folders(tmp_path):
+    with pytest.raises(GearfeatError, match="outside the 2 classes"):
+        plots.plot_confusion([0, 5], [0, 1], ["a", "b"], tmp_path / "new" / "c.png")
+    assert not (tmp_path / "new").exists()
+    assert plots.plot_history({"loss": [1.0, 0.5]}, tmp_path / "new" / "deeper" / "h.png").is_file()
 
 
 def test_confusion_long_names_and_missing_class_without_warnings(tmp_path):

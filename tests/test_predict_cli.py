@@ -32,7 +32,10 @@ def test_a_bad_plot_path_is_a_usage_error_before_any_work(model_path, tmp_path, 
     assert "argument --plot: grid: figures are written as PNG" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "file" / "grid.png")]) == 2
-    assert "argument --plot: cannot create the folder of " in capsys.readouterr().err
+    assert "is not a writable folder" in capsys.readouterr().err
+    (tmp_path / "grid.png").mkdir()
+    assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "grid.png")]) == 2
+    assert "grid.png is a folder" in capsys.readouterr().err
 
 
 def test_no_readable_image_reports_each_file_and_skips_the_plot(model_path, tmp_path, capsys):

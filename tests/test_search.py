@@ -134,7 +134,10 @@ def test_a_sampled_search_gives_every_grid_its_share():
     three = SearchSpace([{"dropout": [0.1, 0.2]}, {"l2": [0.0, 0.1, 0.2]}, {"baseline_c": [0.1, 1.0, 10.0]}])
     assert [set(c) for c in three.configurations(2, seed=0)] == [{"l2"}, {"baseline_c"}]  # largest grids first
     assert [set(c) for c in three.configurations(7, seed=0)] == [{"dropout"}] * 2 + [{"l2"}] * 3 + [
-        {"baseline_c"}] * 2  # 7 * (2, 3, 3) / 8 = 1.75, 2.625, 2.625: largest remainders, grid by grid
+        {"baseline_c"}] * 2  # 7 * (2, 3, 3) / 8 = 1.75, 2.625, 2.625: one each, then furthest below its share
+    for bad in (-1, 2**32, 1.5, True):
+        with pytest.raises(GearfeatError, match=f"seed must be an integer from 0 to 4294967295, got {bad!r}"):
+            three.configurations(2, seed=bad)
 
 
 def test_the_search_figure_stars_the_trial_ranked_first(tmp_path, monkeypatch):
@@ -144,7 +147,7 @@ def test_the_search_figure_stars_the_trial_ranked_first(tmp_path, monkeypatch):
     assert rank_trials(rows)[0]["trial"] == 1  # equal accuracy: the lower validation loss ranks first
     figures = []
     module = sys.modules["gearfeat.search"]  # the module: gearfeat.search is the function
-    monkeypatch.setattr(module, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(module, "save_figure", lambda fig, path: figures.append(fig) or path)
     plot_search(rows, tmp_path / "search.png")
     [star] = [line for line in figures[0].axes[0].lines if line.get_marker() == "*"]
     assert list(star.get_xdata()) == [1] and star.get_label() == "best: trial 1"
