@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable; on top of --space)")
     g.add_argument("--trials", type=_trials, default=24,
                    help="configurations drawn at random (seeded by --seed), shared among the space's grids "
-                        "(head, baseline) by size, at least one each if N allows; 'all' or at least the size of the space "
+                        "(head, baseline) equally, none more than its size; 'all' or at least the size of the space "
                         "runs the whole grid (default 24)")
     g.add_argument("--jobs", type=int, default=-1, help="trials run at once (default -1: every core or worker)")
     g.add_argument("--backend", default=None,

@@ -191,11 +191,12 @@ class SearchSpace:
         """The whole grid (``n_trials`` None or at least :func:`len`: scikit-learn's ``ParameterGrid``), else
         ``n_trials`` distinct configurations drawn at random, stratified by grid.
 
-        Every grid gets one trial first (with fewer trials than grids: the largest grids, ties the first), then
-        each further trial goes to the grid furthest below its share in proportion to size, ``n_trials * size /
-        len(self)`` (the default space, 24 trials: 23 heads and 1 baseline). The trials come grid by grid, in the
-        order of :attr:`grids`, each grid's drawn by scikit-learn's ``ParameterSampler`` from one
-        ``RandomState(seed)`` passed along, so the same seed gives the same trials.
+        The grids share the trials equally, as ``ParameterSampler`` does when it picks a grid at random for each
+        draw, none getting more than its size: each trial goes to the grid with the fewest so far that has room
+        (ties: the larger, then the first). The default space with 24 trials: 18 heads and all 6 baselines; with
+        fewer trials than grids, the largest grids get one each. The trials come grid by grid, in the order of
+        :attr:`grids`, each grid's drawn by scikit-learn's ``ParameterSampler`` from one ``RandomState(seed)``
+        passed along, so the same seed gives the same trials.
         """
         if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral)
                                      or n_trials < 1):
@@ -224,12 +225,12 @@ class SearchSpace:
 
 
 def _shares(sizes: Sequence[int], n: int) -> list[int]:
-    """``n`` (less than ``sum(sizes)``) trials shared by grids of ``sizes``, none above its size: each goes to a
-    grid without one yet (largest first), else to the grid furthest below its quota ``n * size / total``."""
-    total, shares = sum(sizes), [0] * len(sizes)
+    """``n`` (less than ``sum(sizes)``) trials shared equally by grids of ``sizes``, none above its size: each
+    goes to the grid with the fewest trials that has room (ties: the larger, then the first)."""
+    shares = [0] * len(sizes)
     for _ in range(n):
         best = min((i for i, size in enumerate(sizes) if shares[i] < size),
-                   key=lambda i: (shares[i] > 0, shares[i] * total - n * sizes[i], i))
+                   key=lambda i: (shares[i], -sizes[i], i))
         shares[best] += 1
     return shares
 

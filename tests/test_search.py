@@ -123,7 +123,9 @@ def test_the_default_search_tries_a_baseline():
     assert [len(SearchSpace(g)) for g in default.grids] == [192, 6]  # one head grid, one baseline grid
     drawn = default.configurations(24, seed=0)
     assert drawn == default.configurations(24, seed=0) and len({json.dumps(c, sort_keys=True) for c in drawn}) == 24
-    assert [("baseline" in c or "baseline_c" in c) for c in drawn] == [False] * 23 + [True]  # 24 * 6/198 -> 1
+    assert [("baseline" in c or "baseline_c" in c) for c in drawn] == [False] * 18 + [True] * 6  # 12 each, max 6
+    assert sorted((c["baseline"], c["baseline_c"]) for c in drawn[18:]) == sorted(
+        (b, c) for b in DEFAULT_SPACE["baseline"] for c in DEFAULT_SPACE["baseline_c"])  # the whole baseline grid
 
 
 def test_a_sampled_search_gives_every_grid_its_share():
@@ -134,7 +136,7 @@ def test_a_sampled_search_gives_every_grid_its_share():
     three = SearchSpace([{"dropout": [0.1, 0.2]}, {"l2": [0.0, 0.1, 0.2]}, {"baseline_c": [0.1, 1.0, 10.0]}])
     assert [set(c) for c in three.configurations(2, seed=0)] == [{"l2"}, {"baseline_c"}]  # largest grids first
     assert [set(c) for c in three.configurations(7, seed=0)] == [{"dropout"}] * 2 + [{"l2"}] * 3 + [
-        {"baseline_c"}] * 2  # 7 * (2, 3, 3) / 8 = 1.75, 2.625, 2.625: one each, then furthest below its share
+        {"baseline_c"}] * 2  # round robin over grids of 2, 3, 3: the fewest trials first, ties to the larger
     for bad in (-1, 2**32, 1.5, True):
         with pytest.raises(GearfeatError, match=f"seed must be an integer from 0 to 4294967295, got {bad!r}"):
             three.configurations(2, seed=bad)
