@@ -60,6 +60,15 @@ def test_history_errors(tmp_path):
         plots.plot_history({"loss": [1.0]}, tmp_path / "dir.png")
 
 
+def test_a_figure_that_cannot_be_written_is_one_error_line(tmp_path, monkeypatch):
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots.Figure, "savefig", full_disk)
+    with pytest.raises(GearfeatError, match=r"^cannot write .*h.png: No space left on device$"):
+        plots.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h.png")
+
+
 def test_a_figure_path_is_checked_without_creating_folders(tmp_path):
     with pytest.raises(GearfeatError, match="outside the 2 classes"):
         plots.plot_confusion([0, 5], [0, 1], ["a", "b"], tmp_path / "new" / "c.png")
