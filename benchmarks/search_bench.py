@@ -32,22 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-GEAR = SHARED / "data" / "gear"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+import _common as C
+
+ROOT, SHARED, GEAR, WEIGHTS = C.ROOT, C.SHARED, C.GEAR, C.WEIGHTS_035_224
 QUICK_PARAMS = ["hidden=[16],[]", "epochs=2", "baseline=logreg"]
 """The --param values of the --quick search: its whole grid runs (--trials all)."""
 
 
 def main() -> int:
-    from gearfeat.search import parse_space
-
-    quick_grid = len(parse_space(None, QUICK_PARAMS))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on generated images (no ../shared)")
     parser.add_argument("--trials", type=int, default=None,
-                        help=f"trials per search (default 24; quick: all {quick_grid}, the whole grid of "
+                        help=f"trials per search (default 24; quick: the whole grid of "
                              f"--param {' --param '.join(QUICK_PARAMS)})")
     parser.add_argument("--naive-configs", type=int, default=3, help="configurations timed the naive way")
     parser.add_argument("--naive-epochs", type=int, default=4, help="epochs of each naive configuration")
@@ -57,11 +53,13 @@ def main() -> int:
 
     from gearfeat.dataset import split_dataset
     from gearfeat.extractor import ExtractorConfig
+    from gearfeat.search import parse_space
     from gearfeat.shapes import make_shapes_dataset
     from gearfeat.system import machine_summary
     from gearfeat.train import extract_dataset
 
     work = Path(tempfile.mkdtemp(prefix="search-bench-"))
+    quick_grid = len(parse_space(None, QUICK_PARAMS)) if args.quick and args.trials is None else None
     if args.quick:
         data = make_shapes_dataset(work / "shapes", per_class=20, size=32, seed=0)
         config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)
@@ -104,7 +102,7 @@ def main() -> int:
         run = json.loads((out / "run.json").read_text())
         trials = json.loads((out / "trials.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
-        if args.quick and args.trials is None and len(trials) != quick_grid:
+        if quick_grid is not None and len(trials) != quick_grid:
             raise SystemExit(f"error: the --quick search ran {len(trials)} trials, not its whole grid of {quick_grid}")
         searches[jobs, backend] = {"wall": wall, "trials_seconds": run["search"]["seconds"], "trials": trials,
                           "order": [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])],
