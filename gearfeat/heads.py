@@ -85,17 +85,19 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.classes_ = np.arange(self.n_classes_)
         keras.utils.set_random_seed(self.seed)
         self.model_ = self.build(X.shape[1], self.n_classes_)
-        batch_size = int(self.batch_size)
+        batch_size, epochs = int(self.batch_size), int(self.epochs)
+        steps = -(-len(X) // batch_size)
         # one graph call per epoch (steps_per_execution) on an in-graph tf.data pipeline: the per-step
         # Python round trips of fit(numpy) cost more than this small network's arithmetic
-        compile_model(self.model_, self.learning_rate, steps_per_execution=-(-len(X) // batch_size))
+        compile_model(self.model_, self.learning_rate, steps_per_execution=steps, fused_adam=True)
         callbacks = []
         if validation_data is not None:
             callbacks = [_EagerValidation(*_check_xy(*validation_data)),
                          keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                        restore_best_weights=True)]
-        fitted = self.model_.fit(_batches(X, y, batch_size=batch_size, shuffle_seed=int(self.seed)),
-                                 epochs=int(self.epochs), callbacks=callbacks, shuffle=False,  # shuffled above
+        # one iterator for all epochs (steps_per_epoch given): each epoch is its own seeded permutation
+        fitted = self.model_.fit(shuffled_batches(X, y, batch_size=batch_size, epochs=epochs, seed=int(self.seed)),
+                                 epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                                  verbose=self.verbose)
         self.history_ = {k: [float(v) for v in values] for k, values in fitted.history.items()}
         # EarlyStopping restores the best epoch's weights when training ends, stopped early or not
@@ -112,14 +114,17 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
 
 def compile_model(model: keras.Model, learning_rate: float, *, steps_per_execution: int = 1,
-                  for_training: bool = True) -> keras.Model:
+                  for_training: bool = True, fused_adam: bool = False) -> keras.Model:
     """Compile a classifier with Adam, sparse categorical cross-entropy and accuracy (keywords: Keras 3).
 
     ``for_training`` also creates the optimizer's, the loss's and the metrics' variables now, eagerly on one
     row of zeros. Keras would otherwise create them inside ``fit``'s first trace, and TensorFlow traces a
     function that creates variables twice: for a small head the second trace costs as much as training it.
+    ``fused_adam`` trains with :class:`FusedAdam` (same arithmetic, fewer kernels); models that are saved
+    keep Keras's own Adam, so that their files load without gearfeat.
     """
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+    optimizer = (FusedAdam if fused_adam else keras.optimizers.Adam)(learning_rate)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
     if for_training:
         x = [np.zeros((1, *tensor.shape[1:]), tensor.dtype) for tensor in model.inputs]
@@ -131,6 +136,27 @@ def compile_model(model: keras.Model, learning_rate: float, *, steps_per_executi
         model.reset_metrics()
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+@keras.saving.register_keras_serializable(package="gearfeat")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras's Adam, each variable updated by TensorFlow's one fused kernel (``ResourceApplyAdam``) instead
+    of about ten elementwise operations, each a pass over the variable: the same update (equal to Keras's
+    Adam within float rounding, tested), and a fifth less time for the default dense head here, whose
+    1,280 x 256 kernel the unfused update walks ten times a step. AMSGrad and sparse gradients take Keras's
+    own update."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
 
 def _probabilities(model: keras.Model, X: np.ndarray) -> np.ndarray:
@@ -158,12 +184,27 @@ class _EagerValidation(keras.callbacks.Callback):
         logs["val_accuracy"] = float(np.mean(proba.argmax(axis=1) == self.y))
 
 
-def _batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """``(X, y)`` in batches as a tf.data pipeline, reshuffled every epoch from ``shuffle_seed`` if given."""
-    data = tf.data.Dataset.from_tensor_slices((X, y))
-    if shuffle_seed is not None:
-        data = data.shuffle(len(X), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int) -> tf.data.Dataset:
+    """``epochs`` passes over ``(X, y)`` in batches of ``batch_size``, each pass in its own order, a
+    permutation drawn from ``(seed, epoch)``: the same seed gives the same batches.
+
+    Every batch is one gather of rows, not ``batch_size`` single rows shuffled and stacked: tf.data's
+    per-row work cost about 0.7 ms a batch of 64 here, about three times the default head's arithmetic.
+    """
+    features, labels = tf.constant(X), tf.constant(y)
+    n, steps = len(X), -(-len(X) // batch_size)
+
+    def epoch(index: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), index]))
+
+        def batch(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            rows = order[step * batch_size:(step + 1) * batch_size]
+            return tf.gather(features, rows), tf.gather(labels, rows)
+
+        return tf.data.Dataset.range(steps).map(batch)
+
+    return tf.data.Dataset.range(epochs).flat_map(epoch).prefetch(2)
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:

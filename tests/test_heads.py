@@ -106,3 +106,38 @@ def test_compiled_image_model_trains_with_one_trace(traced):
     history = model.fit(images, np.arange(10) % 3, epochs=2, batch_size=4, verbose=0)
     assert traced == ["images"]
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_shuffled_batches_are_a_seeded_permutation_per_epoch():
+    from gearfeat.heads import shuffled_batches
+    X = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
+    y = np.arange(23)
+
+    def epochs(seed):
+        batches = [(bx.numpy(), by.numpy()) for bx, by in shuffled_batches(X, y, batch_size=5, epochs=3, seed=seed)]
+        assert [len(by) for _, by in batches] == [5, 5, 5, 5, 3] * 3
+        assert all(np.array_equal(bx[:, 0], 2 * by) for bx, by in batches)  # rows stay with their labels
+        return [np.concatenate([by for _, by in batches[i * 5:(i + 1) * 5]]) for i in range(3)]
+
+    first = epochs(0)
+    assert all(sorted(order) == list(range(23)) for order in first)  # every row once an epoch
+    assert not np.array_equal(first[0], first[1])  # each epoch in its own order
+    assert all(np.array_equal(a, b) for a, b in zip(first, epochs(0)))
+    assert not np.array_equal(first[0], epochs(1)[0])
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_fused_adam_updates_as_keras_adam(amsgrad):
+    from gearfeat.heads import FusedAdam
+    X, y = _blobs(n_per_class=20)
+    weights = []
+    for optimizer in (keras.optimizers.Adam, FusedAdam):
+        keras.utils.set_random_seed(0)
+        model = DenseHead(hidden=(16,), dropout=0.0).build(X.shape[1], 3)
+        model.compile(optimizer=optimizer(0.01, amsgrad=amsgrad), loss="sparse_categorical_crossentropy")
+        model.fit(X, y, batch_size=20, epochs=3, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    start = DenseHead(hidden=(16,), dropout=0.0).build(X.shape[1], 3)
+    for keras_adam, fused, initial in zip(*weights, start.get_weights()):
+        assert not np.allclose(keras_adam, initial)
+        np.testing.assert_allclose(fused, keras_adam, rtol=1e-5, atol=1e-6)
