@@ -183,12 +183,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except GearfeatError as exc:
             _log(f"gearfeat predict: error: argument --plot: {exc}")
             return EXIT_USAGE
-    predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
+    with warnings.catch_warnings(record=True) as caught:  # shown after the per-file lines they are about
+        predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        print(json.dumps([p.to_dict() for p in predictions], indent=2), flush=True)
     else:
         for p in predictions:
             print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
+        sys.stdout.flush()
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if args.plot is not None and any(p.error is None for p in predictions):
         _log(f"wrote {args.plot}")
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK

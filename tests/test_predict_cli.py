@@ -1,5 +1,6 @@
 """``gearfeat predict --plot``: a bad path is refused before any work; no readable image still reports each file."""
 import json
+import subprocess
 import sys
 
 import keras
@@ -51,6 +52,17 @@ def test_no_readable_image_reports_each_file_and_skips_the_plot(model_path, tmp_
     assert not plot.exists()
     assert main(["predict", str(model_path), str(bad), "--json", "--plot", str(plot)]) == 3
     assert json.loads(capsys.readouterr().out)[0]["label"] is None
+
+
+def test_the_warning_follows_the_lines_it_is_about_on_a_shared_terminal(model_path, tmp_path):
+    """stdout and stderr into one pipe (as a terminal or ``2>&1`` shows them): each file's line, then the warning."""
+    bad, plot = tmp_path / "bad.jpg", tmp_path / "grid.png"
+    bad.write_text("<html>not an image</html>")
+    done = subprocess.run([sys.executable, "-m", "gearfeat", "predict", str(model_path), str(bad), "--plot", str(plot)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert done.returncode == 3
+    assert [line.split("\t")[1] if "\t" in line else line for line in done.stdout.splitlines()] == \
+        ["ERROR", f"gearfeat: warning: no readable image, {plot} not drawn"]
 
 
 def test_a_readable_image_is_plotted(model_path, tmp_path, capsys):
