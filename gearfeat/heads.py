@@ -189,7 +189,7 @@ def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: i
     permutation drawn from ``(seed, epoch)``: the same seed gives the same batches.
 
     Every batch is one gather of rows, not ``batch_size`` single rows shuffled and stacked: tf.data's
-    per-row work cost about 0.7 ms a batch of 64 here, about three times the default head's arithmetic.
+    per-row work cost about 0.7 ms a batch of 64 here, more than twice the default head's arithmetic.
     """
     features, labels = tf.constant(X), tf.constant(y)
     n, steps = len(X), -(-len(X) // batch_size)
