@@ -6,8 +6,8 @@ All three start from the image files on disk and end with the test accuracy, in 
 * **naive** (the sample notebook's way): load the images, build image -> upscale -> preprocess -> frozen
   backbone -> dense head as one model and ``fit`` it for 10 epochs (validation on the val split every
   epoch), so every epoch runs every image through the backbone again; then evaluate on the test split.
-  It runs twice in every round: at the head's batch size (the default ``DenseHead``'s, 64: the same
-  training) and at Keras's default 32 (the backbone runs faster per image at 32 on this CPU); the ratios
+  It runs twice in every round: at the head's batch size (the default ``DenseHead``'s, 64) and at
+  Keras's default 32 (the backbone runs faster per image at 32 on this CPU); the ratios
   use the faster of the two, the harder competitor. Images are decoded once up front, on the same
   thread pool as ``gearfeat cnn`` decodes them, which favours naive (a generator would decode them every
   epoch too);
@@ -15,10 +15,11 @@ All three start from the image files on disk and end with the test accuracy, in 
   ``DenseHead`` fitted for 10 epochs on the cached features, then its test accuracy;
 * **cached, warm**: the same again on the now warm cache (a second head).
 
-Both ways do the same training work otherwise: the same split (``split_dataset``'s defaults), the same
+Both ways train the same network otherwise (the naive one with Keras's own Adam and batching, the
+cached head with ``DenseHead``'s): the same split (``split_dataset``'s defaults), the same
 head network and seed, the same number of epochs (the cached head's patience equals its epochs, so it never
 stops early), validation on the same val images every epoch, and one evaluation on the test split. The
-three alternate over ``--rounds`` rounds (a new empty cache for each cold run); the ratios are those of the
+four runs (cold, warm, naive at each batch size) alternate over ``--rounds`` rounds (a new empty cache for each cold run); the ratios are those of the
 medians. The naive model is prepared for training as the heads are (one trace).
 
 Data: the gear images with the real MobileNetV2 0.35/224 weights (../shared), or generated JPEGs with

@@ -195,7 +195,7 @@ class NaiveTimer:
         head = DenseHead(**trial["params"], seed=0)
         n_classes = len(self.extraction.dataset.class_names)
         model = stitch(build_extractor(self.config), head.build(self.extraction.features.shape[1], n_classes))
-        compile_model(model, head.learning_rate)  # prepared for training as the search's heads are
+        compile_model(model, head.learning_rate)  # variables created before fit (one trace), as for the heads
         built = time.perf_counter() - start
         timer = EpochTimer()
         timer.seconds = []
