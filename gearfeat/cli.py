@@ -183,16 +183,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except GearfeatError as exc:
             _log(f"gearfeat predict: error: argument --plot: {exc}")
             return EXIT_USAGE
-    with warnings.catch_warnings(record=True) as caught:  # shown after the per-file lines they are about
+    with _warnings_last():  # a warning is about the per-file lines: it follows them
         predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
-    if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2), flush=True)
-    else:
-        for p in predictions:
-            print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
-        sys.stdout.flush()
-    for warning in caught:
-        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        if args.json:
+            print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        else:
+            for p in predictions:
+                print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
     if args.plot is not None and any(p.error is None for p in predictions):
         _log(f"wrote {args.plot}")
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
@@ -360,6 +357,20 @@ def console() -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     _log(f"gearfeat: warning: {message}")  # one line, not Python's file:line + source echo
+
+
+@contextmanager
+def _warnings_last() -> Iterator[None]:
+    """Hold the warnings raised inside the block; show them once it ends (also on an error), after what it
+    printed to stdout."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        sys.stdout.flush()
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @contextmanager

@@ -65,6 +65,20 @@ def test_the_warning_follows_the_lines_it_is_about_on_a_shared_terminal(model_pa
         ["ERROR", f"gearfeat: warning: no readable image, {plot} not drawn"]
 
 
+def test_a_warning_before_an_error_is_still_shown(model_path, tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from gearfeat.errors import GearfeatError
+
+    def warn_then_fail(*args, **kwargs):
+        warnings.warn("held back", stacklevel=2)
+        raise GearfeatError("model.h5: broken")
+
+    monkeypatch.setattr(sys.modules["gearfeat.predict"], "predict_images", warn_then_fail)
+    assert main(["predict", str(model_path), str(tmp_path / "a.png")]) == 1
+    assert capsys.readouterr().err.splitlines() == ["gearfeat: warning: held back", "gearfeat: error: model.h5: broken"]
+
+
 def test_a_readable_image_is_plotted(model_path, tmp_path, capsys):
     image, plot = tmp_path / "a.png", tmp_path / "out" / "grid.png"
     Image.new("RGB", (20, 20), "red").save(image)
