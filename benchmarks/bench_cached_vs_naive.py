@@ -49,7 +49,7 @@ def main() -> None:
     from gearfeat.fitting import decode_images
     from gearfeat.heads import DenseHead, compile_model
     from gearfeat.stitch import stitch
-    from gearfeat.train import extract_dataset
+    from gearfeat.training import extract_dataset
 
     source = C.real_gear() or C.generated_jpegs(48 if args.quick else 1000)
     weights = C.real_weights()

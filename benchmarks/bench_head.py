@@ -41,7 +41,7 @@ def main() -> None:
     from gearfeat.dataset import split_dataset
     from gearfeat.extractor import ExtractorConfig
     from gearfeat.heads import DenseHead, compile_model
-    from gearfeat.train import extract_dataset
+    from gearfeat.training import extract_dataset
 
     source = C.real_gear() or C.generated_jpegs(48 if args.quick else 1900)
     weights = C.real_weights()

@@ -53,10 +53,10 @@ def main() -> int:
 
     from gearfeat.dataset import split_dataset
     from gearfeat.extractor import ExtractorConfig
-    from gearfeat.search import parse_space
+    from gearfeat.tuning import parse_space
     from gearfeat.shapes import make_shapes_dataset
     from gearfeat.system import machine_summary
-    from gearfeat.train import extract_dataset
+    from gearfeat.training import extract_dataset
 
     work = Path(tempfile.mkdtemp(prefix="search-bench-"))
     quick_grid = len(parse_space(None, QUICK_PARAMS)) if args.quick and args.trials is None else None

@@ -3,7 +3,7 @@
 Data flow: images (:mod:`~gearfeat.images`, :mod:`~gearfeat.dataset`) -> features cache
 (:mod:`~gearfeat.extractor`, :mod:`~gearfeat.cache`) -> heads and baseline (:mod:`~gearfeat.heads`,
 :mod:`~gearfeat.baseline`) -> stitched model (:mod:`~gearfeat.stitch`) -> predictions and report
-(:mod:`~gearfeat.predict`, :mod:`~gearfeat.report`).
+(:mod:`~gearfeat.prediction`, :mod:`~gearfeat.report`).
 """
 import os
 
@@ -19,9 +19,9 @@ import_tensorflow()  # before anything else imports it: its C++ start-up log lin
 from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
 from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras safe_mode by default
 from .backbones import create_backbone, list_backbones  # noqa: E402,F401
-from .predict import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
-from .train import extract_dataset as extract, train  # noqa: E402,F401
-from .search import search  # noqa: E402,F401
+from .prediction import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
+from .training import extract_dataset as extract, train  # noqa: E402,F401
+from .tuning import search  # noqa: E402,F401
 
 __all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_model", "predict", "search",
            "train"]

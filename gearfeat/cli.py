@@ -119,7 +119,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .train import extract_dataset
+    from .training import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), cache_dir=args.cache_dir,
                                  batch_size=args.batch_size_extract, progress=not args.no_progress, log=_log)
     print(extraction.cache_path)
@@ -127,8 +127,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import parse_space, search
-    from .train import SplitConfig
+    from .tuning import parse_space, search
+    from .training import SplitConfig
     result = search(args.data_dir, args.out, space=parse_space(args.space, args.param), n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
@@ -147,7 +147,7 @@ def _trials(text: str) -> int | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import SplitConfig, train
+    from .training import SplitConfig, train
     result = train(args.data_dir, args.out, config=extractor_config(args), head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cnn(args: argparse.Namespace) -> int:
     from .cnn import train_cnn
-    from .train import SplitConfig
+    from .training import SplitConfig
     result = train_cnn(args.data_dir, args.out, layers=args.layers, augment=args.augment,
                        image_size=args.image_size, config=fit_config(args),
                        split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
@@ -176,7 +176,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .plots import png_path
-    from .predict import predict_images
+    from .prediction import predict_images
     if args.plot is not None:
         try:
             png_path(args.plot)

@@ -17,7 +17,7 @@ from .fitting import FitConfig, FitResult, finish_run, fit, load_split
 from .heads import compile_model
 from .images import check_image_size
 from .runs import RunDir
-from .train import SplitConfig
+from .training import SplitConfig
 
 
 def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: str = DEFAULT_LAYERS,

@@ -17,10 +17,10 @@ from .backbones import create_backbone
 from .errors import GearfeatError, WeightsUnavailableError
 from .extractor import ExtractorConfig
 from .heads import DenseHead
-from .predict import Prediction, predict_images
+from .prediction import Prediction, predict_images
 from .report import write_report
 from .shapes import SHAPES, make_shape_images, make_shapes_dataset
-from .train import SplitConfig, TrainResult, train
+from .training import SplitConfig, TrainResult, train
 
 DEMO_CONFIG = ExtractorConfig("densenet121", weights="imagenet", image_size=128, backbone_size=128)
 """The demo's backbone: seconds for the demo's images on 2 CPU cores, a 29 MB ImageNet download; offline, its
@@ -66,7 +66,7 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     ``weights`` as everywhere ("imagenet", None for random, or a local file). When the ImageNet download
     fails (offline) the backbone falls back to random initialization, and the terminal and the report say so.
     ``config`` overrides the backbone settings (its ``image_size`` is also the size of the drawn images);
-    ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.train.train`.
+    ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.training.train`.
     """
     started = time.perf_counter()
     out = Path(out)

@@ -23,7 +23,7 @@ from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
 from .heads import compile_model
 from .runs import RunDir
 from .stitch import load_model
-from .train import SplitConfig
+from .training import SplitConfig
 
 #: Fine-tuning defaults: a learning rate low enough not to wreck the pretrained features, few epochs.
 DEFAULT_FIT = FitConfig(learning_rate=1e-5, batch_size=32, epochs=20, patience=3, reduce_lr_patience=None,

@@ -30,7 +30,7 @@ from .progress import Progress
 from .runs import RunDir
 from .stitch import _quiet_absl, save_model
 from .system import machine_summary
-from .train import SplitConfig
+from .training import SplitConfig
 
 Log = Callable[[str], None]
 

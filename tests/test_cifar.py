@@ -21,7 +21,7 @@ from gearfeat.cifar import CLASS_NAMES, load_cifar10, train_cifar10
 from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
 from gearfeat.stitch import model_info
-from gearfeat.train import STITCH_TOLERANCE
+from gearfeat.training import STITCH_TOLERANCE
 
 from conftest import tiny_config
 

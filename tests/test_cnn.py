@@ -16,7 +16,7 @@ from gearfeat.dataset import scan_dataset, split_dataset
 from gearfeat.errors import GearfeatError
 from gearfeat.fitting import FitConfig, load_split
 from gearfeat.stitch import load_model, model_info
-from gearfeat.train import SplitConfig
+from gearfeat.training import SplitConfig
 
 SMALL = "conv:8,bn,pool,conv:16,bn,pool,gap,dropout:0.2"
 QUIET = ["--image-size", "32", "--layers", SMALL, "--no-progress"]

@@ -11,10 +11,10 @@ from gearfeat.errors import GearfeatError
 from gearfeat.finetune import backbone_layers, finetune, unfreeze_top
 from gearfeat.fitting import FitConfig
 from gearfeat.heads import DenseHead
-from gearfeat.search import search
+from gearfeat.tuning import search
 from gearfeat.shapes import make_shapes_dataset
 from gearfeat.stitch import load_model, model_info
-from gearfeat.train import SplitConfig, train
+from gearfeat.training import SplitConfig, train
 
 from conftest import tiny_config
 

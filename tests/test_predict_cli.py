@@ -7,6 +7,7 @@ import keras
 import pytest
 from PIL import Image
 
+from gearfeat import prediction
 from gearfeat.cli import main
 from gearfeat.stitch import save_model
 
@@ -22,7 +23,7 @@ def model_path(tmp_path_factory):
 def test_a_bad_plot_path_is_a_usage_error_before_any_work(model_path, tmp_path, capsys, monkeypatch):
     image = tmp_path / "a.png"
     Image.new("RGB", (20, 20), "red").save(image)
-    monkeypatch.setattr(sys.modules["gearfeat.predict"], "load_image",
+    monkeypatch.setattr(prediction, "load_image",
                         lambda *args: pytest.fail("an image was read before --plot was checked"))
     assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "grid.jpg")]) == 2
     captured = capsys.readouterr()
@@ -74,7 +75,7 @@ def test_a_warning_before_an_error_is_still_shown(model_path, tmp_path, capsys, 
         warnings.warn("held back", stacklevel=2)
         raise GearfeatError("model.h5: broken")
 
-    monkeypatch.setattr(sys.modules["gearfeat.predict"], "predict_images", warn_then_fail)
+    monkeypatch.setattr(prediction, "predict_images", warn_then_fail)
     assert main(["predict", str(model_path), str(tmp_path / "a.png")]) == 1
     assert capsys.readouterr().err.splitlines() == ["gearfeat: warning: held back", "gearfeat: error: model.h5: broken"]
 

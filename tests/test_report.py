@@ -12,7 +12,7 @@ from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
 from gearfeat.report import wilson_interval, write_report
 from gearfeat.runs import RunDir
-from gearfeat.train import SplitConfig, train
+from gearfeat.training import SplitConfig, train
 
 from conftest import tiny_config
 

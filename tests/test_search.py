@@ -1,4 +1,3 @@
-import importlib
 import json
 import re
 import sys
@@ -10,11 +9,12 @@ from PIL import Image
 from gearfeat.baseline import BASELINES
 from gearfeat.cli import main
 from gearfeat.dataset import split_dataset
+from gearfeat import tuning
 from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
-from gearfeat.search import (DEFAULT_SPACE, PARAMS, SearchSpace, parameter_influence, parse_param, parse_space,
+from gearfeat.tuning import (DEFAULT_SPACE, PARAMS, SearchSpace, parameter_influence, parse_param, parse_space,
                              plot_search, rank_trials, run_trials, search)
-from gearfeat.train import SplitConfig, extract_dataset
+from gearfeat.training import SplitConfig, extract_dataset
 
 from conftest import tiny_config
 
@@ -148,8 +148,7 @@ def test_the_search_figure_stars_the_trial_ranked_first(tmp_path, monkeypatch):
             {"trial": 2, "model": "logreg", "val_accuracy": 0.8, "val_loss": None, "params": {"baseline": "logreg"}}]
     assert rank_trials(rows)[0]["trial"] == 1  # equal accuracy: the lower validation loss ranks first
     figures = []
-    module = sys.modules["gearfeat.search"]  # the module: gearfeat.search is the function
-    monkeypatch.setattr(module, "save_figure", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(tuning, "save_figure", lambda fig, path: figures.append(fig) or path)
     plot_search(rows, tmp_path / "search.png")
     [star] = [line for line in figures[0].axes[0].lines if line.get_marker() == "*"]
     assert list(star.get_xdata()) == [1] and star.get_label() == "best: trial 1"
@@ -232,7 +231,6 @@ def searched(shapes_dir, tmp_path_factory):
     parts = split_dataset(extraction.dataset, seed=2)
     X = extraction.features
     with pytest.MonkeyPatch.context() as mp:
-        module = importlib.import_module("gearfeat.search")  # the module: gearfeat.search is the function
         from sklearn.pipeline import Pipeline
 
         def counting(original, key):
@@ -245,10 +243,10 @@ def searched(shapes_dir, tmp_path_factory):
             spy["trial_inputs"].append((X_train, X_val))
             return run_trial(params, X_train, y_train, X_val, y_val, *args)
 
-        run_trial = module.run_trial
+        run_trial = tuning.run_trial
         mp.setattr(DenseHead, "predict_proba", counting(DenseHead.predict_proba, "head_test"))
         mp.setattr(Pipeline, "predict", counting(Pipeline.predict, "baseline_test"))
-        mp.setattr(module, "run_trial", recording_trial)
+        mp.setattr(tuning, "run_trial", recording_trial)
         result = search(shapes_dir, out / "run", space=space, jobs=1, config=tiny_config(),
                         split=SplitConfig(seed=2), cache_dir=out / "cache", **quiet)
     return result, spy, X, parts

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gearfeat import training, tuning
 from gearfeat.cli import main
 from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
 from gearfeat.runs import RunDir
 from gearfeat.stitch import load_model, model_info
-from gearfeat.train import SplitConfig, train
+from gearfeat.training import SplitConfig, train
 
 from conftest import tiny_config
 
@@ -47,7 +48,7 @@ def test_stitched_model_equals_head_on_cached_features(run):
 
 
 def test_a_stitched_model_that_differs_from_the_head_is_reported(shapes_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules["gearfeat.train"], "max_abs_difference", lambda a, b: 0.25)  # the module
+    monkeypatch.setattr(training, "max_abs_difference", lambda a, b: 0.25)
     lines = []
     result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1),
                    cache_dir=tmp_path / "cache", progress=False, log=lines.append)
@@ -179,5 +180,4 @@ def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
     [prediction] = gearfeat.predict(run.run_dir / "model.h5", [image])
     assert prediction.label in ("circle", "square", "triangle") and prediction.error is None
     assert "mobilenet_v2" in gearfeat.list_backbones() and callable(gearfeat.train)
-    from gearfeat.search import search
-    assert gearfeat.search is search  # `gearfeat search` as a function
+    assert gearfeat.search is tuning.search and gearfeat.train is training.train  # the CLI's names

@@ -3,7 +3,7 @@
 The backbone runs once (the feature cache). Every trial trains one configuration, a :class:`DenseHead` or a
 scikit-learn baseline, on the same seeded train split and is scored on the validation split. The test split
 is used once: the best configurations are retrained and the run folder is written exactly as ``gearfeat
-train`` writes it (:func:`gearfeat.train.fit_and_save`), plus ``trials.csv``, ``trials.json``,
+train`` writes it (:func:`gearfeat.training.fit_and_save`), plus ``trials.csv``, ``trials.json``,
 ``leaderboard.md`` and ``search.png``.
 
 Trials run through joblib. ``loky`` (the default) runs them in worker processes, each with TensorFlow's
@@ -46,7 +46,7 @@ from .heads import DenseHead
 from .plots import png_path, save_figure
 from .progress import Progress
 from .runs import RunDir
-from .train import SplitConfig, extract_dataset, fit_and_save
+from .training import SplitConfig, extract_dataset, fit_and_save
 
 Log = Callable[[str], None]
 HEAD, BASELINE = "head", "baseline"
