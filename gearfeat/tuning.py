@@ -11,7 +11,8 @@ thread pools sized to cores / workers so they do not oversubscribe the CPU; ``th
 process; ``dask`` (a running ``dask.distributed`` scheduler) and ``ray`` (a Ray cluster) spread them over a
 cluster. The feature arrays are sent once, not read from HDF5 per trial: loky memory-maps arrays above
 joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask scatters each array once
-(joblib's auto-scatter of large arguments, by identity), and threads share them.
+(joblib's auto-scatter of large arguments, by identity), Ray holds each in its object store (put once, read
+by reference), and threads share them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import csv
 import importlib
 import io
 import json
+import logging
 import math
 import numbers
 import os
@@ -351,7 +353,20 @@ def _limit_tf_threads(threads: int | None) -> None:
 
 
 def _numbered_trial(index: int, params: Mapping[str, Any], *args) -> tuple[int, dict[str, Any]]:
-    return index, run_trial(params, *args)
+    return index, run_trial(params, *(arg.get() if isinstance(arg, _RayObject) else arg for arg in args))
+
+
+class _RayObject:
+    """An array put into Ray's object store once; each trial gets it by reference (``ray.get``), where joblib's
+    Ray backend would send the array itself with every trial."""
+
+    def __init__(self, array: np.ndarray):
+        import ray
+        self.ref = ray.put(array)
+
+    def get(self) -> np.ndarray:
+        import ray
+        return ray.get(self.ref)
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -390,27 +405,38 @@ def _ray(address: str | None) -> Iterator[dict[str, Any]]:
     connected = not ray.is_initialized()
     if connected:
         try:
-            ray.init(address=address or "auto")
+            ray.init(address=address or "auto", logging_level=logging.WARNING)  # not its INFO lines
         except ConnectionError as exc:
             raise GearfeatError(f"cannot connect to a Ray cluster at {address or 'auto'} ({exc}); start one "
                                 "with `ray start --head` or pass --address") from None
+    pool_log = logging.getLogger("ray.util.multiprocessing.pool")
+    pool_log.addFilter(_ignored_context_warning)
     try:
-        yield {"backend": "ray"}
+        yield {"backend": "ray", "share": _RayObject}
     finally:
+        pool_log.removeFilter(_ignored_context_warning)
         if connected:
             ray.shutdown()
 
 
+def _ignored_context_warning(record: logging.LogRecord) -> bool:
+    """False for the warning Ray's pool logs at every joblib call (joblib passes a multiprocessing context,
+    which Ray ignores): not the user's concern."""
+    return "'context' argument is not supported" not in record.getMessage()
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where trials run: ``connect(address)`` yields joblib's backend settings; ``threads(workers)`` sizes
-    TensorFlow's pools in each trial (None: leave them)."""
+    """Where trials run: ``connect(address)`` yields joblib's backend settings (and, under ``"share"``, how to
+    hand an array to the workers once, where joblib would not); ``threads(workers)`` sizes TensorFlow's pools
+    in each trial (None: leave them)."""
 
     connect: Callable[[str | None], Any]
     threads: Callable[[int], int | None]
     package: str | None = None  #: the optional package it needs, installed by the extra named like the backend
     address: str | None = None  #: what ``--address`` means for it (None: it takes none)
     address_required: bool = False
+    streams: bool = True  #: joblib hands back each trial as it ends (Ray's backend: a call's trials all at the end)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -420,7 +446,8 @@ BACKENDS: dict[str, Backend] = {
     "dask": Backend(_dask, lambda workers: 1, package="distributed",
                     address="the scheduler of a running dask.distributed cluster (e.g. tcp://10.0.0.5:8786)",
                     address_required=True),
-    "ray": Backend(_ray, lambda workers: 1, package="ray", address="a Ray cluster (default: 'auto')"),
+    "ray": Backend(_ray, lambda workers: 1, package="ray", address="a Ray cluster (default: 'auto')",
+                   streams=False),
 }
 """joblib backends by name. On a cluster each trial uses one TensorFlow thread: run one worker thread per core."""
 DEFAULT_BACKEND = "loky"
@@ -462,19 +489,33 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
               np.ascontiguousarray(X_val, np.float32), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
     rows: list[dict[str, Any]] = [{} for _ in configurations]
-    with spec.connect(address) as settings, joblib.parallel_config(n_jobs=int(jobs), **settings):
-        workers = max(1, min(len(configurations), joblib.effective_n_jobs(int(jobs))))
-        threads = spec.threads(workers)
-        log(f"search: {len(configurations)} trial{'s' * (len(configurations) != 1)} on {workers} {backend} "
-            f"worker{'s' * (workers > 1)}"
-            + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
-        calls = (joblib.delayed(_numbered_trial)(i, dict(params), *arrays, n_classes, seed, threads)
-                 for i, params in enumerate(configurations))
-        with Progress(len(configurations), "search", unit="trial", enabled=progress) as bar:
-            for i, row in joblib.Parallel(return_as="generator_unordered")(calls):
-                rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
-                bar.update()
+    with spec.connect(address) as settings:
+        share = settings.pop("share", None)
+        shared = [share(array) for array in arrays] if share else arrays
+        with joblib.parallel_config(n_jobs=int(jobs), **settings):
+            workers = max(1, min(len(configurations), joblib.effective_n_jobs(int(jobs))))
+            threads = spec.threads(workers)
+            log(f"search: {len(configurations)} trial{'s' * (len(configurations) != 1)} on {workers} {backend} "
+                f"worker{'s' * (workers > 1)}"
+                + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
+            calls = [joblib.delayed(_numbered_trial)(i, dict(params), *shared, n_classes, seed, threads)
+                     for i, params in enumerate(configurations)]
+            with Progress(len(configurations), "search", unit="trial", enabled=progress) as bar:
+                for i, row in _finished(calls, streams=spec.streams, wave=2 * workers):
+                    rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
+                    bar.update()
     return rows
+
+
+def _finished(calls: list, *, streams: bool, wave: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The trials' ``(index, row)`` as they end. A backend that cannot stream results (Ray's hands back all of a
+    call's at its end) runs them in waves of ``wave`` on one pool of workers, so that the progress bar moves."""
+    if streams:
+        yield from joblib.Parallel(return_as="generator_unordered")(calls)
+        return
+    with joblib.Parallel() as parallel:
+        for first in range(0, len(calls), wave):
+            yield from parallel(calls[first:first + wave])
 
 
 def rank_trials(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

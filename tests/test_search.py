@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import sys
@@ -7,9 +8,9 @@ import pytest
 from PIL import Image
 
 from gearfeat.baseline import BASELINES
+from gearfeat import tuning
 from gearfeat.cli import main
 from gearfeat.dataset import split_dataset
-from gearfeat import tuning
 from gearfeat.errors import GearfeatError
 from gearfeat.heads import DenseHead
 from gearfeat.tuning import (DEFAULT_SPACE, PARAMS, SearchSpace, parameter_influence, parse_param, parse_space,
@@ -214,6 +215,40 @@ def test_dask_backend_on_a_local_cluster(blobs):
                                   dashboard_address=None) as cluster:
         rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
                           **quiet)
+    _assert_same_trials(rows, local, configurations)
+
+
+def test_ray_backend_on_a_local_cluster(blobs, monkeypatch):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install gearfeat[ray])")
+    configurations = SearchSpace(FAST).configurations()
+    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    puts = []
+    put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kwargs: puts.append(value.shape) or put(value, **kwargs))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        rows = run_trials(configurations, *blobs, jobs=-1, backend="ray", **quiet)
+    finally:
+        ray.shutdown()
+    _assert_same_trials(rows, local, configurations)
+    assert len(puts) == 4  # the four arrays, each put once, not sent with each of the 5 trials
+
+
+def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkeypatch):
+    configurations = SearchSpace(FAST).configurations()
+    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    monkeypatch.setitem(tuning.BACKENDS, "threading", dataclasses.replace(tuning.BACKENDS["threading"], streams=False))
+    waves, call = [], tuning.joblib.Parallel.__call__
+    monkeypatch.setattr(tuning.joblib.Parallel, "__call__",
+                        lambda self, calls: waves.append(len(calls)) or call(self, calls))
+    updates = []
+    monkeypatch.setattr(tuning.Progress, "update", lambda self, n=1: updates.append(n))
+    rows = run_trials(configurations, *blobs, jobs=2, backend="threading", log=lambda message: None)
+    assert waves == [4, 1] and len(updates) == 5  # waves of twice the workers; the bar moves trial by trial
+    _assert_same_trials(rows, local, configurations)
+
+
+def _assert_same_trials(rows, local, configurations):
     assert [r["params"] for r in rows] == configurations
     for mine, theirs in zip(rows, local):
         assert mine["val_accuracy"] == pytest.approx(theirs["val_accuracy"], abs=1 / 30 + 1e-9)
