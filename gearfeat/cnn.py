@@ -35,7 +35,7 @@ def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: st
     split = split or SplitConfig()
     image_size = check_image_size(image_size, "--image-size")
     build_cnn(2, image_size, layers, augment)  # a bad architecture fails before the images are decoded
-    run = RunDir(out, create=True)
+    run = RunDir(out, create=True, log=log)
     data = load_split(data_dir, split, image_size, progress=progress, log=log)
     load_seconds = time.perf_counter() - started
 

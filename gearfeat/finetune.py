@@ -112,7 +112,9 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     data_dir = data_dir or info["data_dir"]
     dataset = scan_dataset(data_dir)
     _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
-    run = RunDir(out, create=True)
+    if Path(out).resolve() == source.path.resolve():
+        raise GearfeatError(f"--out {out} is the run being fine-tuned; write the fine-tuned run to another folder")
+    run = RunDir(out, create=True, log=log)
     data = load_split(dataset, split, image_size, progress=progress, log=log)
     if any(len(data.parts[k]) != info["split"].get(k) for k in data.parts):
         log(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "

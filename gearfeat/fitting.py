@@ -122,10 +122,7 @@ def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size
         GearfeatError: a fraction is 0 (training needs validation images to stop early and test images to
             be measured), or the data folder cannot be used.
     """
-    for part, fraction in (("val", split.val_fraction), ("test", split.test_fraction)):
-        if not fraction > 0:
-            raise GearfeatError(f"--{part}-fraction is {fraction}: training on images needs {part} images "
-                                "(validation to stop early, test to measure); pass a fraction above 0")
+    split.check_for_training()
     images, dataset = decode_images(data if isinstance(data, Dataset) else scan_dataset(data), image_size,
                                     progress=progress)
     for item in dataset.skipped:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,18 @@ MANIFEST = "manifest.json"
 
 
 class RunDir:
-    """The output folder of a run: writes artifacts and records their digests in ``manifest.json``."""
+    """The output folder of a run: writes artifacts and records their digests in ``manifest.json``.
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False):
+    A folder created for writing (``create=True``) that holds an earlier gearfeat run gets a clean start: just
+    before this run's first file, the files the earlier run recorded in its manifest are removed (and ``log``
+    says so), so that none of them outlives it to describe another model. Other files are left alone, and a
+    run that fails before writing anything leaves the earlier one intact.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = False, log: Callable[[str], None] = print):
         self.path = Path(path)
+        self._replaces_earlier = create
+        self._log = log
         if create:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -33,7 +42,29 @@ class RunDir:
                                 "folder of a gearfeat run")
 
     def __truediv__(self, name: str) -> Path:
+        """The path of artifact ``name`` (for writing, in a created folder: the earlier run is cleared first)."""
+        self._clear_earlier_run()
         return self.path / name
+
+    def _clear_earlier_run(self) -> None:
+        if not self._replaces_earlier:
+            return
+        self._replaces_earlier = False
+        earlier = self.manifest()
+        if not earlier:
+            return
+        try:
+            command = json.loads((self.path / "run.json").read_text()).get("command", "")
+        except (OSError, ValueError, AttributeError):
+            command = ""
+        for name in [*earlier, MANIFEST]:
+            if name == Path(name).name:  # only names in the folder itself, whatever the manifest says
+                try:
+                    (self.path / name).unlink(missing_ok=True)
+                except OSError as exc:
+                    raise GearfeatError(f"cannot replace {self.path / name} of the earlier run: "
+                                        f"{exc.strerror}") from None
+        self._log(f"{self.path}: replaced the earlier gearfeat {command + ' ' if command else ''}run in it")
 
     def manifest(self) -> dict[str, str]:
         file = self.path / MANIFEST
@@ -47,7 +78,7 @@ class RunDir:
         return self.path / name
 
     def write_json(self, name: str, payload: Any) -> Path:
-        write_json_atomic(self.path / name, payload)
+        write_json_atomic(self / name, payload)
         return self.record(name)
 
     def read_json(self, name: str) -> Any:
@@ -57,7 +88,7 @@ class RunDir:
             raise GearfeatError(f"cannot read {self.path / name}: {exc}") from None
 
     def save_joblib(self, obj: Any, name: str) -> Path:
-        joblib.dump(obj, self.path / name)
+        joblib.dump(obj, self / name)
         return self.record(name)
 
     def load_joblib(self, name: str) -> Any:

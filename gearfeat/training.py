@@ -11,7 +11,7 @@ import numpy as np
 
 from .baseline import check_baseline, make_baseline
 from .dataset import Dataset, check_fractions, scan_dataset, split_dataset, write_skipped
-from .errors import check_seed
+from .errors import GearfeatError, check_seed
 from .extractor import ExtractorConfig, Extraction, FeatureExtractor
 from .heads import DenseHead
 from .images import load_image
@@ -36,6 +36,14 @@ class SplitConfig:
     def __post_init__(self) -> None:
         check_fractions(self.val_fraction, self.test_fraction)
         check_seed(self.seed)
+
+    def check_for_training(self) -> None:
+        """Raise a GearfeatError naming the option unless both fractions are above 0: a trained model needs
+        validation images to stop early and test images to be measured."""
+        for part, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if not fraction > 0:
+                raise GearfeatError(f"--{part}-fraction is {fraction}: training needs {part} images (validation "
+                                    "to stop early, test to measure); pass a fraction above 0")
 
 
 @dataclass
@@ -82,8 +90,9 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     head = head or DenseHead()
     split = split or SplitConfig()
     head.validate()  # every setting is checked before the extraction, which can take minutes
+    split.check_for_training()
     check_baseline(baseline, baseline_c)
-    run = RunDir(out, create=True)
+    run = RunDir(out, create=True, log=log)
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)

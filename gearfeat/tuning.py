@@ -391,7 +391,7 @@ def _dask(address: str) -> Iterator[dict[str, Any]]:
     from distributed import Client
     try:
         client = Client(address, timeout=20, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: not an address (e.g. no port)
         raise GearfeatError(f"cannot connect to the dask scheduler at {address}: {exc}") from None
     with client:
         yield {"backend": "dask", "client": client}
@@ -581,11 +581,12 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     space = parse_space(space)
     config = config or ExtractorConfig()
     split = split or SplitConfig()
+    split.check_for_training()
     configurations = space.configurations(n_trials, seed=split.seed)
     backend = backend or DEFAULT_BACKEND
     _backend(backend, address)
     _check_jobs(jobs)
-    run = RunDir(out, create=True)
+    run = RunDir(out, create=True, log=log)
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
     X, y = extraction.features, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,

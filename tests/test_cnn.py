@@ -191,6 +191,6 @@ def test_cli_cnn_errors_are_one_line(shapes_dir, tmp_path, capsys):
 
 
 def test_a_split_without_validation_images_is_refused(shapes_dir, tmp_path):
-    with pytest.raises(GearfeatError, match="--val-fraction is 0.0: training on images needs val images"):
+    with pytest.raises(GearfeatError, match="--val-fraction is 0.0: training needs val images"):
         train_cnn(shapes_dir, tmp_path / "run", layers=SMALL, image_size=32,
                   split=SplitConfig(val_fraction=0.0), progress=False, log=lambda m: None)

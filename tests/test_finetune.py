@@ -109,6 +109,11 @@ def test_cli_finetune_and_its_errors(transfer, tmp_path, capsys):
     assert not (tmp_path / "big").exists()
     assert main(["finetune", str(tmp_path), "--unfreeze", "3", "--out", str(tmp_path / "x")]) == 1
     assert "not a gearfeat run folder" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in transfer.iterdir()}
+    assert main([*args, "--unfreeze", "3", "--out", str(transfer / ".." / transfer.name)]) == 1
+    assert capsys.readouterr().err == (f"gearfeat: error: --out {transfer / '..' / transfer.name} is the run being "
+                                       "fine-tuned; write the fine-tuned run to another folder\n")
+    assert {p.name: p.read_bytes() for p in transfer.iterdir()} == before
 
 
 def test_finetune_refuses_a_model_without_a_backbone(shapes_dir, tmp_path):

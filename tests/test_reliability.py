@@ -407,6 +407,27 @@ def test_planted_joblib_is_refused_before_it_can_run(tmp_path):
     assert marker.exists()
 
 
+
+def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_path):
+    earlier = RunDir(tmp_path / "run", create=True, log=lambda m: None)
+    earlier.write_json("run.json", {"command": "search"})
+    earlier.write_json("trials.json", [1, 2])
+    (tmp_path / "outside.txt").write_text("keep")
+    manifest = earlier.manifest()
+    (earlier.path / "manifest.json").write_text(json.dumps({**manifest, "../outside.txt": "x"}))
+    (earlier.path / "notes.txt").write_text("the user's own file")
+    messages = []
+    run = RunDir(earlier.path, create=True, log=messages.append)
+    assert (earlier.path / "trials.json").exists() and messages == []  # nothing goes before the first write
+    run.write_json("metrics.json", {"test_accuracy": 1.0})
+    assert sorted(p.name for p in earlier.path.iterdir()) == ["manifest.json", "metrics.json", "notes.txt"]
+    assert run.manifest() == {"metrics.json": run.manifest()["metrics.json"]}  # no stale entries
+    assert (tmp_path / "outside.txt").read_text() == "keep"  # only names in the folder itself are removed
+    assert messages == [f"{earlier.path}: replaced the earlier gearfeat search run in it"]
+    run.write_json("history.json", {})
+    assert len(messages) == 1 and (earlier.path / "metrics.json").exists()  # cleared once, not at every write
+
+
 def unpickling_calls(source: str) -> list[int]:
     """Lines that unpickle: ``joblib/pickle.load(s)``, ``np.load(allow_pickle=...)``, an Unpickler subclass
     that does not restrict ``find_class``."""

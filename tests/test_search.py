@@ -348,7 +348,13 @@ def test_cli_search_and_its_one_line_errors(shapes_dir, tmp_path, capsys, monkey
     assert "pip install gearfeat[ray]" in capsys.readouterr().err
     assert main([*base, "--backend", "dask"]) == 1
     assert "--backend dask needs --address" in capsys.readouterr().err
+    assert main([*base, "--test-fraction", "0"]) == 1
+    assert capsys.readouterr().err.startswith("gearfeat: error: --test-fraction is 0.0: training needs test images")
     with pytest.raises(SystemExit) as info:
         main([*base, "--trials", "many"])
     assert info.value.code == 2
     assert not (tmp_path / "o").exists()  # bad settings fail before any work
+    assert main([*base, "--backend", "dask", "--address", "notaurl"]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("gearfeat: error: cannot connect to the dask scheduler at notaurl: missing port number in "
+                        "address 'notaurl'\n") and "Traceback" not in err

@@ -146,6 +146,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (["--baseline-c", "nan"], "baseline C must be a finite number above 0, got nan"),
     (["--baseline", "forest"], "unknown baseline 'forest'"),
     (["--val-fraction", "nan"], "val_fraction must be a number in [0, 1), got nan"),
+    (["--test-fraction", "0"], "--test-fraction is 0.0: training needs test images"),
+    (["--val-fraction", "0"], "--val-fraction is 0.0: training needs val images"),
 ])
 def test_bad_settings_are_one_line_before_any_extraction(shapes_dir, tmp_path, capsys, option, message):
     cache = tmp_path / "cache"
