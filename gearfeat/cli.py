@@ -176,7 +176,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .plots import png_path
-    from .prediction import predict_images
+    from .prediction import Predictor
     if args.plot is not None:
         try:
             png_path(args.plot)
@@ -184,14 +184,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _log(f"gearfeat predict: error: argument --plot: {exc}")
             return EXIT_USAGE
     with _warnings_last():  # a warning is about the per-file lines: it follows them
-        predictions = predict_images(args.model, args.images, plot=args.plot, safe_mode=not args.unsafe)
+        predictor = Predictor.from_file(args.model, safe_mode=not args.unsafe)
+        predictions = predictor.predict(args.images)
         if args.json:
             print(json.dumps([p.to_dict() for p in predictions], indent=2))
         else:
             for p in predictions:
                 print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
-    if args.plot is not None and any(p.error is None for p in predictions):
-        _log(f"wrote {args.plot}")
+        # drawn once the predictions are out: a figure that cannot be written loses none of them
+        if args.plot is not None and predictor.plot(predictions, args.plot):
+            _log(f"wrote {args.plot}")
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
 
 

@@ -33,26 +33,36 @@ class Predictor:
     """A loaded model with its class names: ``Predictor.from_file("run/model.h5").predict(paths)``."""
 
     def __init__(self, model: keras.Model, class_names: Sequence[str]):
+        self.image_size = _image_size(model)
         self.model = model
         self.class_names = list(class_names)
-        self.image_size = int(model.input_shape[1])
         if model.output_shape[-1] != len(self.class_names):
             raise GearfeatError(f"model has {model.output_shape[-1]} outputs but {len(self.class_names)} "
                                 "class names")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, safe_mode: bool = True) -> "Predictor":
+        """Load ``path`` (Keras ``safe_mode`` by default) with the class names gearfeat saved in it; a model
+        without them is used with its output indexes as labels, with a warning."""
         info = model_info(path)
         model = load_model(path, safe_mode=safe_mode, compile=False)
-        names = info.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
+        try:
+            size = _image_size(model)
+        except GearfeatError as exc:
+            raise GearfeatError(f"{path}: {exc}") from None
+        names = info.get("class_names")
+        if not names:
+            warnings.warn(f"{path} holds no class names (not saved by gearfeat?): the labels are output indexes, "
+                          f"and images go in as gearfeat standardizes them ({size} x {size} RGB, 0-255)",
+                          stacklevel=2)
+            names = [str(i) for i in range(model.output_shape[-1])]
         return cls(model, names)
 
     def predict(self, paths: Sequence[str | os.PathLike], *, plot: str | os.PathLike | None = None,
                 batch_size: int = 32) -> list[Prediction]:
         """Predictions in the order of ``paths``; an unreadable image gets an error, the others a label.
 
-        With ``plot`` (a ``.png`` path, checked first), also draws the usable images in a grid titled with class
-        and confidence; with none usable it warns and draws nothing.
+        With ``plot`` (a ``.png`` path, checked first), also draws them as :meth:`plot` does.
         """
         plot = None if plot is None else png_path(plot)
         images: list[np.ndarray | None] = []
@@ -68,16 +78,44 @@ class Predictor:
         if ok:
             proba = self.model.predict(np.stack([images[i] for i in ok]).astype(np.float32),
                                        batch_size=batch_size, verbose=0)
+            if proba.min() < 0 or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
+                warnings.warn("the model's outputs are not probabilities (no softmax?): the confidences are its "
+                              "raw outputs", stacklevel=2)
             for i, p in zip(ok, proba):
                 k = int(np.argmax(p))
                 results[i] = Prediction(str(paths[i]), self.class_names[k], float(p[k]))
-        if plot is not None and not ok:
-            warnings.warn(f"no readable image, {plot} not drawn", stacklevel=2)
-        elif plot is not None:
-            plot_predictions([images[i] for i in ok],
-                             [f"{results[i].label} {results[i].confidence:.2f}" for i in ok], plot,
-                             captions=[Path(paths[i]).name for i in ok])
+        if plot is not None:
+            _draw(results, images, plot)
         return results
+
+    def plot(self, predictions: Sequence[Prediction], path: str | os.PathLike) -> Path | None:
+        """Draw the images of ``predictions`` that got a label in a grid titled with class and confidence, the
+        file names underneath; with none labelled, warn and draw nothing. Returns the figure's path, if drawn."""
+        images = [None if p.error else load_image(p.path, self.image_size) for p in predictions]
+        return _draw(predictions, images, png_path(path))
+
+
+def _draw(predictions: Sequence[Prediction], images: Sequence[np.ndarray | None], path: Path) -> Path | None:
+    ok = [i for i, p in enumerate(predictions) if p.error is None]
+    if not ok:
+        warnings.warn(f"no readable image, {path} not drawn", stacklevel=3)
+        return None
+    return plot_predictions([images[i] for i in ok],
+                            [f"{predictions[i].label} {predictions[i].confidence:.2f}" for i in ok], path,
+                            captions=[Path(predictions[i].path).name for i in ok])
+
+
+def _image_size(model: keras.Model) -> int:
+    """The side of the square RGB images ``model`` classifies; a GearfeatError for other models."""
+    inputs, outputs = model.input_shape, model.output_shape
+    if not (isinstance(inputs, tuple) and len(inputs) == 4 and inputs[3] == 3 and inputs[1] is not None
+            and inputs[1] == inputs[2]):
+        raise GearfeatError(f"the model takes input {inputs}; gearfeat predicts with models that take square "
+                            "RGB images of a fixed size, (None, size, size, 3), as gearfeat saves them")
+    if not (isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], int)):
+        raise GearfeatError(f"the model gives output {outputs}; gearfeat predicts with models that give one "
+                            "vector of class probabilities, (None, classes)")
+    return int(inputs[1])
 
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,

@@ -47,7 +47,16 @@ def model_info(path: str | os.PathLike) -> dict[str, Any]:
             raw = f.attrs.get(_META_KEY)
     except OSError as exc:
         raise GearfeatError(f"{path}: not a readable .h5 model file ({first_line(exc)})") from None
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise GearfeatError(f"{path}: its gearfeat metadata is not a JSON object (edited or damaged?); save the "
+                            "model again with gearfeat")
+    return info
 
 
 def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool = True) -> keras.Model:

@@ -75,7 +75,7 @@ def test_a_warning_before_an_error_is_still_shown(model_path, tmp_path, capsys, 
         warnings.warn("held back", stacklevel=2)
         raise GearfeatError("model.h5: broken")
 
-    monkeypatch.setattr(prediction, "predict_images", warn_then_fail)
+    monkeypatch.setattr(prediction.Predictor, "from_file", warn_then_fail)
     assert main(["predict", str(model_path), str(tmp_path / "a.png")]) == 1
     assert capsys.readouterr().err.splitlines() == ["gearfeat: warning: held back", "gearfeat: error: model.h5: broken"]
 
@@ -88,3 +88,78 @@ def test_a_readable_image_is_plotted(model_path, tmp_path, capsys):
     path, label, _ = captured.out.split("\t")
     assert path == str(image) and label in ("cat", "dog")
     assert captured.err == f"wrote {plot}\n" and Image.open(plot).size[0] > 100
+
+
+def _image(tmp_path):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), "red").save(image)
+    return image
+
+
+def test_a_figure_that_cannot_be_written_loses_no_prediction(model_path, tmp_path, capsys, monkeypatch):
+    from gearfeat.errors import GearfeatError
+
+    def fail(*args, **kwargs):
+        raise GearfeatError("cannot write grid.png: Read-only file system")
+
+    monkeypatch.setattr(prediction, "plot_predictions", fail)
+    image = _image(tmp_path)
+    assert main(["predict", str(model_path), str(image), "--plot", str(tmp_path / "grid.png")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.split("\t")[0] == str(image)  # printed before the figure was tried
+    assert captured.err == "gearfeat: error: cannot write grid.png: Read-only file system\n"
+
+
+def _other_tool(tmp_path, name, inputs, outputs):
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / name)  # Keras's own .h5, without gearfeat's metadata
+    return tmp_path / name
+
+
+def test_models_of_other_tools_get_one_line_or_a_warning(tmp_path, capsys):
+    image = _image(tmp_path)
+    square = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()
+    free = keras.Input((None, None, 3))
+    cases = {
+        "free.h5": (free, keras.layers.Dense(2, activation="softmax")(pooled(free)),
+                    "takes input (None, None, None, 3); gearfeat predicts with models that take square RGB images"),
+        "gray.h5": (keras.Input((16, 16, 1)), None, "takes input (None, 16, 16, 1)"),
+        "vector.h5": (keras.Input((10,)), None, "takes input (None, 10)"),
+        "two.h5": (square, [keras.layers.Dense(2, activation="softmax")(pooled(square)),
+                            keras.layers.Dense(3, activation="softmax")(pooled(square))],
+                   "gearfeat predicts with models that give one vector of class probabilities"),
+    }
+    for name, (inputs, outputs, expected) in cases.items():
+        if outputs is None:
+            flat = keras.layers.Flatten()(inputs)
+            outputs = keras.layers.Dense(2, activation="softmax")(flat)
+        path = _other_tool(tmp_path, name, inputs, outputs)
+        assert main(["predict", str(path), str(image)]) == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"gearfeat: error: {path}: ") and expected in err and err.count("\n") == 1, err
+    plain = _other_tool(tmp_path, "plain.h5", square, keras.layers.Dense(2, activation="softmax")(pooled(square)))
+    assert main(["predict", str(plain), str(image)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split("\t")[1] in ("0", "1")
+    assert captured.err == (f"gearfeat: warning: {plain} holds no class names (not saved by gearfeat?): the labels "
+                            "are output indexes, and images go in as gearfeat standardizes them (16 x 16 RGB, 0-255)\n")
+    logits = save_model(keras.Model(square, keras.layers.Dense(2)(pooled(square))), tmp_path / "logits.h5",
+                        ["cat", "dog"])
+    assert main(["predict", str(logits), str(image)]) == 0
+    assert capsys.readouterr().err == ("gearfeat: warning: the model's outputs are not probabilities (no softmax?): "
+                                       "the confidences are its raw outputs\n")
+
+
+@pytest.mark.parametrize("metadata", ["{not json", "[1, 2]"])
+def test_damaged_gearfeat_metadata_is_one_line(model_path, tmp_path, capsys, metadata):
+    import shutil
+
+    import h5py
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(model_path, damaged)
+    with h5py.File(damaged, "a") as f:
+        f.attrs["gearfeat"] = metadata
+    assert main(["predict", str(damaged), str(_image(tmp_path))]) == 1
+    assert capsys.readouterr().err == (f"gearfeat: error: {damaged}: its gearfeat metadata is not a JSON object "
+                                       "(edited or damaged?); save the model again with gearfeat\n")
