@@ -74,6 +74,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+_FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+
+def _flip_mode(text: str) -> str:
+    if text not in _FLIP_MODES:  # Keras takes any other string and then flips nothing
+        raise ValueError(f"must be one of {', '.join(_FLIP_MODES)}")
+    return text
+
+
 @register_layer("conv", ("filters", _positive_int), ("kernel", _positive_int, 3))
 def _conv(filters: int, kernel: int) -> keras.layers.Layer:
     """2-D convolution, 'same' padding, ReLU."""
@@ -122,7 +131,7 @@ def _dropout(rate: float) -> keras.layers.Layer:
     return keras.layers.Dropout(rate)
 
 
-@register_layer("flip", ("mode", str, "horizontal"), augment=True)
+@register_layer("flip", ("mode", _flip_mode, "horizontal"), augment=True)
 def _flip(mode: str) -> keras.layers.Layer:
     """Random flip: horizontal, vertical or horizontal_and_vertical."""
     return keras.layers.RandomFlip(mode)

@@ -16,7 +16,9 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import GearfeatError
+import tensorflow as tf
+
+from .errors import GearfeatError, first_line
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -37,7 +39,6 @@ def add_extractor_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone-size", type=int, default=None,
                    help="size the first Lambda layer upscales to (default: the backbone's native size)")
     g.add_argument("--cache-dir", default="cache", help="feature cache folder (default ./cache)")
-    g.add_argument("--batch-size-extract", type=int, default=None, help="images per backbone batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,6 +61,16 @@ def add_head_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
     g.add_argument("--baseline", default="logreg", help="scikit-learn baseline: logreg, linear_svc or svc")
     g.add_argument("--baseline-c", type=float, default=1.0, help="C of the baseline estimator")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -237,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="fill the feature cache for a dataset folder")
     p.add_argument("data_dir", help="folder with one sub-folder of images per class")
     add_extractor_options(p)
+    p.add_argument("--batch-size-extract", type=_positive_int, default=None,
+                   help="images per backbone batch (default 16; the features do not depend on it)")
     p.set_defaults(run=cmd_extract)
 
     p = sub.add_parser("train", help="extract (or reuse) features, train head and baseline, save model.h5")
@@ -340,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         except GearfeatError as exc:
             _log(f"gearfeat: error: {exc}")
+            return EXIT_ERROR
+        except (MemoryError, tf.errors.ResourceExhaustedError) as exc:
+            _log(f"gearfeat: error: out of memory ({first_line(exc)}); use smaller layers, batches or images")
             return EXIT_ERROR
         except KeyboardInterrupt:
             _log("gearfeat: interrupted; what was computed is kept in the cache, run again to resume")

@@ -69,16 +69,24 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.training.train`.
     """
     started = time.perf_counter()
+    for option, value, least in (("--per-class", per_class, 3), ("--new-images", n_new, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise GearfeatError(f"{option} must be an integer >= {least}, got {value!r}"
+                                + (" (one image each for training, validation and test)" if least == 3 else ""))
     out = Path(out)
     config = replace(config or DEMO_CONFIG, weights=weights)
     data_dir = out / "data" / "shapes"
     expected = {f"{kind}/{kind}_{i:04d}.png" for kind in SHAPES for i in range(per_class)}
     _check_generated(data_dir, expected.__contains__)  # a bigger earlier demo would leave extra images
-    log(f"drawing {per_class} images of each of {', '.join(SHAPES)} ({config.image_size} px) in {data_dir}")
-    make_shapes_dataset(data_dir, per_class=per_class, size=config.image_size, seed=seed)
     new_dir = out / "new_images"
     _check_generated(new_dir, lambda name: re.fullmatch(r"new_\d+_[a-z]+\.png", name) is not None)
-    new_images = make_shape_images(new_dir, n_new, size=config.image_size, seed=seed + 1)
+    log(f"drawing {per_class} images of each of {', '.join(SHAPES)} ({config.image_size} px) in {data_dir}")
+    try:
+        make_shapes_dataset(data_dir, per_class=per_class, size=config.image_size, seed=seed)
+        new_images = make_shape_images(new_dir, n_new, size=config.image_size, seed=seed + 1)
+    except OSError as exc:
+        raise GearfeatError(f"cannot draw the demo images in {out}: {exc.strerror or exc}; pass another "
+                            "--out folder") from None
 
     config, note = _usable_weights(config, log)
     result = train(data_dir, out / "transfer", config=config, head=head, split=SplitConfig(seed=seed),

@@ -7,6 +7,8 @@ by a thread pool while the backbone computes, so memory stays flat and decoding 
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import os
 import threading
 import time
@@ -57,6 +59,9 @@ class ExtractorConfig:
         if self.pooling not in ("avg", "max"):
             raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
         if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) \
+                    or not 0 < self.alpha < math.inf:
+                raise GearfeatError(f"--alpha must be a width multiplier above 0, got {self.alpha!r}")
             self.alpha = float(self.alpha)
 
     @property

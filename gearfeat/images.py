@@ -32,6 +32,7 @@ STANDARDIZE_VERSION = 1
 Pillow's version, whose decoders and resampling it uses)."""
 
 _MIN_SIZE = 8
+_MAX_SIZE = 4096  # 48 MiB an image as uint8, more than any Keras application takes
 _WHITE = (255, 255, 255)
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -129,10 +130,11 @@ def os_error_reason(exc: OSError, what: str = "file") -> str:
 
 
 def check_image_size(size: int, name: str = "image size") -> int:
-    """``size`` as an int if it is an integer image side of at least the minimum; else a GearfeatError
-    naming it as ``name`` (an option such as ``--image-size``)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
-        raise GearfeatError(f"{name} must be an integer >= {_MIN_SIZE}, got {size!r}")
+    """``size`` as an int if it is an integer image side from the minimum to the maximum; else a GearfeatError
+    naming it as ``name`` (an option such as ``--image-size``). The maximum keeps a typo from asking for more
+    memory than the machine has (one 100,000-pixel square is 30 GB)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not _MIN_SIZE <= size <= _MAX_SIZE:
+        raise GearfeatError(f"{name} must be an integer from {_MIN_SIZE} to {_MAX_SIZE}, got {size!r}")
     return int(size)
 
 

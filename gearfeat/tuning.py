@@ -501,21 +501,22 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
             calls = [joblib.delayed(_numbered_trial)(i, dict(params), *shared, n_classes, seed, threads)
                      for i, params in enumerate(configurations)]
             with Progress(len(configurations), "search", unit="trial", enabled=progress) as bar:
-                for i, row in _finished(calls, streams=spec.streams, wave=2 * workers):
+                for i, row in _finished(calls, workers=workers, streams=spec.streams):
                     rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
                     bar.update()
     return rows
 
 
-def _finished(calls: list, *, streams: bool, wave: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The trials' ``(index, row)`` as they end. A backend that cannot stream results (Ray's hands back all of a
-    call's at its end) runs them in waves of ``wave`` on one pool of workers, so that the progress bar moves."""
+def _finished(calls: list, *, workers: int, streams: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The trials' ``(index, row)`` as they end, on ``workers`` workers (never more than there are trials). A
+    backend that cannot stream results (Ray's hands back all of a call's at its end) runs them in waves of
+    twice the workers on one pool, so that the progress bar moves."""
     if streams:
-        yield from joblib.Parallel(return_as="generator_unordered")(calls)
+        yield from joblib.Parallel(n_jobs=workers, return_as="generator_unordered")(calls)
         return
-    with joblib.Parallel() as parallel:
-        for first in range(0, len(calls), wave):
-            yield from parallel(calls[first:first + wave])
+    with joblib.Parallel(n_jobs=workers) as parallel:
+        for first in range(0, len(calls), 2 * workers):
+            yield from parallel(calls[first:first + 2 * workers])
 
 
 def rank_trials(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -133,8 +133,16 @@ def test_bad_architecture_is_one_clear_error(spec, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_misspelled_flip_is_refused_not_a_flip_that_does_nothing():
+    with pytest.raises(GearfeatError, match="augmentation entry 'flip:diagonal': bad mode 'diagonal' \\(must be "
+                                            "one of horizontal, vertical, horizontal_and_vertical\\)"):
+        build_cnn(3, 32, "conv:8,gap", "flip:diagonal")
+    build_cnn(3, 32, "conv:8,gap", "flip:vertical")
+
+
 @pytest.mark.parametrize("option, message", [
-    (["--image-size", "-5"], "--image-size must be an integer >= 8, got -5"),
+    (["--image-size", "-5"], "--image-size must be an integer from 8 to 4096, got -5"),
+    (["--image-size", "100000"], "--image-size must be an integer from 8 to 4096, got 100000"),
     (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
     (["--learning-rate", "inf"], "invalid training parameter learning_rate=inf"),
 ])

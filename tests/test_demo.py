@@ -83,3 +83,24 @@ def test_demo_refuses_a_folder_with_files_it_did_not_draw(tmp_path):
     with pytest.raises(GearfeatError, match="did not draw.*circle/holiday.jpg"):
         run_demo(tmp_path / "demo", None, config=tiny_config(), per_class=4, log=lambda m: None)
     assert mine.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--per-class", "2", "--per-class must be an integer >= 3, got 2 (one image each for training, validation and "
+                         "test)"),
+    ("--new-images", "0", "--new-images must be an integer >= 1, got 0"),
+])
+def test_demo_sizes_are_checked_before_drawing(tmp_path, capsys, option, value, message):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--weights", "none", "--no-progress", option, value]) == 1
+    assert capsys.readouterr().err == f"gearfeat: error: {message}\n"
+    assert not out.exists()
+
+
+def test_demo_into_a_file_is_one_line(tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert main(["demo", "--out", str(taken), "--weights", "none", "--no-progress"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the line announcing the drawing
+    assert last == f"gearfeat: error: cannot draw the demo images in {taken}: Not a directory; pass another --out folder"
+    assert taken.read_text() == "mine"

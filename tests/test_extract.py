@@ -78,11 +78,17 @@ def test_the_code_that_computes_features_is_in_the_cache_key(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"backbone_size": 0}, "--backbone-size must be an integer >= 8, got 0"),
-    ({"image_size": 7}, "--image-size must be an integer >= 8, got 7"),
-    ({"image_size": 32.0}, "--image-size must be an integer >= 8, got 32.0"),
+    ({"backbone_size": 0}, "--backbone-size must be an integer from 8 to 4096, got 0"),
+    ({"image_size": 7}, "--image-size must be an integer from 8 to 4096, got 7"),
+    ({"image_size": 32.0}, "--image-size must be an integer from 8 to 4096, got 32.0"),
+    ({"image_size": 100_000}, "--image-size must be an integer from 8 to 4096, got 100000"),
+    ({"backbone_size": 4097}, "--backbone-size must be an integer from 8 to 4096, got 4097"),
+    ({"alpha": 0}, "--alpha must be a width multiplier above 0, got 0"),
+    ({"alpha": -1.0}, "--alpha must be a width multiplier above 0, got -1.0"),
+    ({"alpha": float("nan")}, "--alpha must be a width multiplier above 0, got nan"),
+    ({"alpha": "0.5"}, "--alpha must be a width multiplier above 0, got '0.5'"),
 ])
-def test_bad_sizes_are_named_not_replaced_by_defaults(setting, message):
+def test_bad_sizes_and_widths_are_named_not_replaced_by_defaults(setting, message):
     with pytest.raises(GearfeatError, match=re.escape(message)):
         tiny_config(**setting)
 
@@ -92,14 +98,31 @@ def test_sizes_are_checked_by_the_image_size_check_of_gearfeat_images(monkeypatc
     assert (config.image_size, config.backbone_size) == (32, 48)
     assert type(config.image_size) is type(config.backbone_size) is int  # plain ints in the cache key
     monkeypatch.setattr(images_module, "_MIN_SIZE", 40)
-    with pytest.raises(GearfeatError, match=re.escape("--image-size must be an integer >= 40, got 32")):
+    with pytest.raises(GearfeatError, match=re.escape("--image-size must be an integer from 40 to 4096, got 32")):
         tiny_config()
 
 
-def test_batch_size_zero_is_refused(shapes_dir, tmp_path, capsys):
-    code = main(["extract", str(shapes_dir), "--weights", "none", "--image-size", "32", "--backbone-size", "32",
-                 "--cache-dir", str(tmp_path), "--batch-size-extract", "0", "--no-progress"])
-    assert code == 1 and capsys.readouterr().err == "gearfeat: error: batch size must be an integer >= 1, got 0\n"
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_bad_extraction_batch_size_is_a_usage_error(shapes_dir, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as info:
+        main(["extract", str(shapes_dir), "--weights", "none", "--image-size", "32", "--backbone-size", "32",
+              "--cache-dir", str(tmp_path), "--batch-size-extract", value, "--no-progress"])
+    assert info.value.code == 2
+    assert f"argument --batch-size-extract: expected an integer >= 1, got '{value}'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, kwargs", [("batch size", {"batch_size": 0}), ("streams", {"streams": True}),
+                                           ("workers", {"workers": -1}), ("prefetch", {"prefetch": 1.5})])
+def test_extractor_settings_are_checked(name, kwargs):
+    with pytest.raises(GearfeatError, match=f"^{name} must be an integer >= "):
+        FeatureExtractor(tiny_config(), **kwargs)
+
+
+def test_extraction_batch_size_is_an_option_of_extract_only(capsys):
+    with pytest.raises(SystemExit):  # train used to accept it and ignore it
+        main(["train", "data", "--out", "run", "--batch-size-extract", "8"])
+    assert "unrecognized arguments: --batch-size-extract 8" in capsys.readouterr().err
 
 
 def test_a_failed_build_is_not_retried_by_every_stream(shapes_dir, tmp_path, monkeypatch):

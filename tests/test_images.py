@@ -51,9 +51,9 @@ def test_extensions_are_lower_case_with_dot():
 
 def test_image_size_check_names_the_option_and_gives_an_int():
     assert check_image_size(np.int64(32)) == 32 and type(check_image_size(np.int64(32))) is int
-    with pytest.raises(GearfeatError, match=r"^image size must be an integer >= 8, got 7$"):
+    with pytest.raises(GearfeatError, match=r"^image size must be an integer from 8 to 4096, got 7$"):
         check_image_size(7)
-    with pytest.raises(GearfeatError, match=r"^--backbone-size must be an integer >= 8, got True$"):
+    with pytest.raises(GearfeatError, match=r"^--backbone-size must be an integer from 8 to 4096, got True$"):
         check_image_size(True, "--backbone-size")
 
 

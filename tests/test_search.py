@@ -248,6 +248,20 @@ def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkey
     _assert_same_trials(rows, local, configurations)
 
 
+def test_no_more_workers_than_trials(blobs, monkeypatch):
+    workers, parallel = [], tuning.joblib.Parallel
+
+    class Recording(parallel):
+        def __init__(self, *args, **kwargs):
+            workers.append(kwargs.get("n_jobs"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tuning.joblib, "Parallel", Recording)
+    messages = []
+    run_trials([{}, {"hidden": []}], *blobs, jobs=8, backend="threading", progress=False, log=messages.append)
+    assert workers == [2] and messages == ["search: 2 trials on 2 threading workers"]
+
+
 def _assert_same_trials(rows, local, configurations):
     assert [r["params"] for r in rows] == configurations
     for mine, theirs in zip(rows, local):

@@ -183,3 +183,15 @@ def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
     assert prediction.label in ("circle", "square", "triangle") and prediction.error is None
     assert "mobilenet_v2" in gearfeat.list_backbones() and callable(gearfeat.train)
     assert gearfeat.search is tuning.search and gearfeat.train is training.train  # the CLI's names
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    import tensorflow as tf
+
+    def too_big(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1280,100000000]\n"
+                                                           "and a long TensorFlow explanation")
+    monkeypatch.setattr(training, "train", too_big)
+    assert main(["train", "data", "--out", "run", "--hidden", "100000000"]) == 1
+    assert capsys.readouterr().err == ("gearfeat: error: out of memory (OOM when allocating tensor with "
+                                       "shape[1280,100000000]); use smaller layers, batches or images\n")
