@@ -1,7 +1,9 @@
 """A registry of the Keras Applications usable as frozen feature extractors (timm-style list/create)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -146,7 +148,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
     if weights is None:
         keras.utils.set_random_seed(0)
     try:
-        model = spec.factory(**kwargs)
+        with contextlib.redirect_stdout(sys.stderr):  # Keras's download messages: stdout is for results
+            model = spec.factory(**kwargs)
     except ValueError as exc:
         raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "
                             f"{first_line(exc)}") from None

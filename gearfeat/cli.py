@@ -210,6 +210,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
+    if not args.out.lower().endswith(".md"):
+        _log(f"gearfeat report: error: argument --out: {args.out}: the report is Markdown; use a path ending in .md")
+        return EXIT_USAGE
     print(write_report(args.run_dirs, args.out, predictions_png=args.predictions))
     return EXIT_OK
 

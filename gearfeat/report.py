@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +87,14 @@ def load_run(path: str | os.PathLike) -> Run:
     """Read a run folder written by gearfeat; anything else is refused with one line."""
     folder = RunDir(path)  # refuses a folder without a manifest
     info = folder.read_json("run.json")
-    metrics = folder.read_json("metrics.json")
     command = info.get("command") if isinstance(info, dict) else None
-    if command not in KINDS or not isinstance(metrics, dict) or "test_accuracy" not in metrics:
+    if command not in KINDS:
         raise GearfeatError(f"{folder.path} is not a run of gearfeat {', '.join(KINDS)} (run.json command "
                             f"{command!r}); pass the --out folder of one of those")
+    metrics = folder.read_json("metrics.json")
+    if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
+        raise GearfeatError(f"{folder / 'metrics.json'} has no test_accuracy (edited, or written by an unfinished "
+                            "run?); run the command again")
     return Run(folder.path, folder.path.resolve().name, info, metrics)
 
 
@@ -108,8 +112,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
         raise GearfeatError(f"{out}: the report is Markdown; use a path ending in .md")
     runs = [load_run(d) for d in run_dirs]
     _unique_names(runs)
-    if predictions_png is not None and not Path(predictions_png).is_file():
-        raise GearfeatError(f"prediction figure not found: {predictions_png}")
+    if predictions_png is not None:
+        _check_png(Path(predictions_png))
     files = out.parent / f"{out.stem}_files"
     try:
         files.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,20 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                 _results(runs, figures, predictions_png), _discussion(runs), _appendix(runs)]
     out.write_text("\n\n".join(s.strip() for s in sections) + "\n")
     return out
+
+
+def _check_png(path: Path) -> None:
+    try:
+        with path.open("rb") as file:
+            signature = file.read(len(_PNG_SIGNATURE))
+    except OSError as exc:
+        raise GearfeatError(f"prediction figure {path}: {exc.strerror}") from None
+    if signature != _PNG_SIGNATURE:
+        raise GearfeatError(f"prediction figure {path} is not a PNG image; pass the file gearfeat predict --plot "
+                            "wrote")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -377,6 +395,9 @@ def _results(runs: Sequence[Run], figures: "_Figures", predictions_png) -> str:
             if (r.path / file).is_file():
                 parts.append(figures.add(r.path / file, f"{r.name}-{file}",
                                          f"Run `{r.name}` ({KINDS[r.command].short}): {caption}."))
+            elif file in RunDir(r.path).manifest():
+                warnings.warn(f"{r.path / file} is missing (the run wrote it); the report goes on without it",
+                              stacklevel=2)
     if predictions_png is not None:
         parts.append(figures.add(Path(predictions_png), "predictions.png",
                                  "Predictions of a saved model on new images, not in the data folder, each "

@@ -22,21 +22,22 @@ MANIFEST = "manifest.json"
 class RunDir:
     """The output folder of a run: writes artifacts and records their digests in ``manifest.json``.
 
-    A folder created for writing (``create=True``) that holds an earlier gearfeat run gets a clean start: just
-    before this run's first file, the files the earlier run recorded in its manifest are removed (and ``log``
+    A folder created for writing (``create=True``) that holds an earlier gearfeat run gets a clean start: when
+    this run writes its first file, the files the earlier run recorded in its manifest are removed (and ``log``
     says so), so that none of them outlives it to describe another model. Other files are left alone, and a
     run that fails before writing anything leaves the earlier one intact.
     """
 
     def __init__(self, path: str | os.PathLike, *, create: bool = False, log: Callable[[str], None] = print):
         self.path = Path(path)
-        self._replaces_earlier = create
         self._log = log
+        self._earlier: set[str] | None = None  # a created folder's earlier run, until this run's first write
         if create:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise GearfeatError(f"cannot create run folder {self.path}: {exc.strerror}") from None
+            self._earlier = set(self.manifest())
         elif not (self.path / MANIFEST).is_file():
             raise GearfeatError(f"{self.path} is not a gearfeat run folder (no {MANIFEST}); pass the --out "
                                 "folder of a gearfeat run")
@@ -46,18 +47,16 @@ class RunDir:
         self._clear_earlier_run()
         return self.path / name
 
-    def _clear_earlier_run(self) -> None:
-        if not self._replaces_earlier:
-            return
-        self._replaces_earlier = False
-        earlier = self.manifest()
+    def _clear_earlier_run(self, written: str | None = None) -> None:
+        """Remove the earlier run's files (but ``written``, just written by this run) and its manifest, once."""
+        earlier, self._earlier = self._earlier, None
         if not earlier:
             return
         try:
             command = json.loads((self.path / "run.json").read_text()).get("command", "")
         except (OSError, ValueError, AttributeError):
             command = ""
-        for name in [*earlier, MANIFEST]:
+        for name in sorted(earlier - {written}) + [MANIFEST]:
             if name == Path(name).name:  # only names in the folder itself, whatever the manifest says
                 try:
                     (self.path / name).unlink(missing_ok=True)
@@ -67,11 +66,16 @@ class RunDir:
         self._log(f"{self.path}: replaced the earlier gearfeat {command + ' ' if command else ''}run in it")
 
     def manifest(self) -> dict[str, str]:
-        file = self.path / MANIFEST
-        return json.loads(file.read_text()) if file.is_file() else {}
+        """The recorded digests by file name; empty when there is none (or it is not a JSON object)."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {}
+        return manifest if isinstance(manifest, dict) else {}
 
     def record(self, name: str) -> Path:
         """Record the digest of an artifact written into the folder; returns its path."""
+        self._clear_earlier_run(written=name)
         manifest = self.manifest()
         manifest[name] = hash_file(self.path / name)
         write_json_atomic(self.path / MANIFEST, manifest)
@@ -82,10 +86,14 @@ class RunDir:
         return self.record(name)
 
     def read_json(self, name: str) -> Any:
+        path = self.path / name
         try:
-            return json.loads((self.path / name).read_text())
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GearfeatError(f"{path} is missing (the run did not finish, or the file was removed); run the "
+                                "command again") from None
         except (OSError, ValueError) as exc:
-            raise GearfeatError(f"cannot read {self.path / name}: {exc}") from None
+            raise GearfeatError(f"cannot read {path}: {exc}") from None
 
     def save_joblib(self, obj: Any, name: str) -> Path:
         joblib.dump(obj, self / name)

@@ -36,10 +36,11 @@ def test_alpha_scales_mobilenet_and_is_refused_elsewhere():
         create_backbone("resnet50", weights=None, alpha=0.5)
 
 
-def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch):
+def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch, capsys):
     import keras
 
     def offline(*args, **kwargs):
+        print("Downloading data from https://example.invalid/weights.h5")  # as Keras's get_file does
         raise Exception("URL fetch failure on https://example.invalid/weights.h5: None -- [Errno -3]")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
@@ -48,6 +49,7 @@ def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch):
         create_backbone("mobilenet_v2", weights="imagenet", input_size=96, alpha=0.35)
     message = str(info.value)
     assert "\n" not in message and "--weights PATH" in message and "mobilenet_v2" in message
+    assert capsys.readouterr().out == ""  # Keras's download message goes to stderr: stdout is for results
 
 
 def test_bad_input_size_is_one_line_error():

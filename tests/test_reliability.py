@@ -426,6 +426,12 @@ def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_pat
     assert messages == [f"{earlier.path}: replaced the earlier gearfeat search run in it"]
     run.write_json("history.json", {})
     assert len(messages) == 1 and (earlier.path / "metrics.json").exists()  # cleared once, not at every write
+    again = RunDir(earlier.path, create=True, log=messages.append)
+    (earlier.path / "metrics.json").write_text("{}")  # written directly, then recorded: kept
+    again.record("metrics.json")
+    assert sorted(again.manifest()) == ["metrics.json"] and not (earlier.path / "history.json").exists()
+    (earlier.path / "manifest.json").write_text("[not, json")
+    assert RunDir(earlier.path, create=True).manifest() == {}  # a damaged manifest is no earlier run
 
 
 def unpickling_calls(source: str) -> list[int]:

@@ -167,8 +167,32 @@ def test_not_a_gearfeat_run_is_refused_in_one_line(transfer, tmp_path, capsys):
     assert not (tmp_path / "r.md").exists()
     with pytest.raises(GearfeatError, match="ending in .md"):
         write_report([transfer], tmp_path / "r.txt")
-    with pytest.raises(GearfeatError, match="prediction figure not found"):
+    with pytest.raises(GearfeatError, match="prediction figure .*none.png: No such file or directory"):
         write_report([transfer], tmp_path / "r.md", predictions_png=tmp_path / "none.png")
+    (tmp_path / "page.png").write_text("<html>saved from a browser</html>")
+    with pytest.raises(GearfeatError, match="page.png is not a PNG image; pass the file gearfeat predict --plot"):
+        write_report([transfer], tmp_path / "r.md", predictions_png=tmp_path / "page.png")
+    assert main(["report", str(transfer), "--out", str(tmp_path / "r.txt")]) == 2  # bad usage, as predict --plot
+    assert "gearfeat report: error: argument --out: " in capsys.readouterr().err
+
+
+def test_an_unfinished_or_edited_run_is_named_with_what_is_wrong(transfer, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(transfer, run)
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(GearfeatError, match=r"metrics.json has no test_accuracy \(edited, or written by an "
+                                            r"unfinished run\?\); run the command again"):
+        write_report([run], tmp_path / "r.md")
+    (run / "metrics.json").unlink()
+    with pytest.raises(GearfeatError, match=r"metrics.json is missing \(the run did not finish"):
+        write_report([run], tmp_path / "r.md")
+    shutil.rmtree(run)
+    shutil.copytree(transfer, run)
+    (run / "loss.png").unlink()
+    with pytest.warns(UserWarning, match="loss.png is missing \\(the run wrote it\\); the report goes on without it"):
+        text = write_report([run], tmp_path / "r.md").read_text()
+    assert "loss.png" not in text and "confusion.png" in text
 
 
 def test_wilson_interval():
