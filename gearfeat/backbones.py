@@ -111,6 +111,8 @@ def weights_identity(weights: str | os.PathLike | None) -> str:
     if str(weights) == "imagenet":
         return "imagenet"
     path = Path(weights)
+    if path.is_dir():
+        raise GearfeatError(f"--weights {path} is a folder; pass the path of the weights .h5 file in it")
     if not path.is_file():
         raise GearfeatError(f"weights file not found: {path} (pass 'imagenet', 'none' or the path of a .h5 file)")
     stat = path.stat()

@@ -35,6 +35,9 @@ class RunDir:
         if create:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise GearfeatError(f"cannot create run folder {self.path}: a file of that name is in the way; "
+                                    "pass another --out") from None
             except OSError as exc:
                 raise GearfeatError(f"cannot create run folder {self.path}: {exc.strerror}") from None
             self._earlier = set(self.manifest())

@@ -94,4 +94,6 @@ def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise GearfeatError(f"model file not found: {path}")
+    if path.suffix.lower() == ".keras":
+        raise GearfeatError(f"{path}: gearfeat reads models saved as .h5 (the format it writes), not .keras")
     return path

@@ -290,16 +290,34 @@ def _read_space_file(path: Path) -> Any:
         except ImportError:
             raise GearfeatError(f"{path}: reading YAML needs PyYAML (pip install gearfeat[yaml]), or write "
                                 "the space as JSON") from None
-        load, errors = yaml.safe_load, yaml.YAMLError
+        load, errors = (lambda text: yaml.load(text, Loader=_unique_keys_yaml_loader(yaml))), yaml.YAMLError
     elif suffix == ".json":
-        load, errors = json.loads, ValueError
+        load, errors = (lambda text: json.loads(text, object_pairs_hook=_unique_keys)), ValueError
     else:
         raise GearfeatError(f"{path}: a search space file ends in .yaml, .yml or .json")
     try:
         return load(path.read_text())
-    except (errors, OSError, UnicodeDecodeError) as exc:
+    except (errors, ValueError, OSError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise GearfeatError(f"{path}: cannot read the search space ({reason})") from None
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    """A JSON object as a dict; a key given twice is an error (json keeps the last one silently)."""
+    keys = [key for key, _ in pairs]
+    duplicate = next((key for key in keys if keys.count(key) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"the key {duplicate!r} is given twice")
+    return dict(pairs)
+
+
+def _unique_keys_yaml_loader(yaml):
+    """PyYAML's safe loader, refusing a mapping key given twice (it keeps the last one silently)."""
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            _unique_keys([(self.construct_object(key, deep=deep), None) for key, _ in node.value])
+            return super().construct_mapping(node, deep=deep)
+    return UniqueKeyLoader
 
 
 # ------------------------------------------------------------------------------------------ one trial

@@ -68,6 +68,8 @@ def test_weights_identity(tmp_path):
     assert weights_identity(f) != ident
     with pytest.raises(GearfeatError, match="weights file not found"):
         weights_identity(tmp_path / "missing.h5")
+    with pytest.raises(GearfeatError, match="is a folder; pass the path of the weights .h5 file in it"):
+        weights_identity(tmp_path)
 
 
 def test_parse_weights():

@@ -105,6 +105,14 @@ def test_param_flags_and_space_files(tmp_path):
     (tmp_path / "space.txt").write_text("dropout: [0.1]")
     with pytest.raises(GearfeatError, match=r"space.txt: a search space file ends in \.yaml, \.yml or \.json"):
         parse_space(tmp_path / "space.txt")
+    yaml_file.write_text("dropout: [0.2]\nhidden: [[64]]\ndropout: [0.9]\n")  # a key twice: not the last silently
+    with pytest.raises(GearfeatError, match=r"space.yaml: cannot read the search space \(the key 'dropout' is given "
+                                            r"twice\)"):
+        parse_space(yaml_file)
+    json_file.write_text('{"dropout": [0.2], "dropout": [0.9]}')
+    with pytest.raises(GearfeatError, match=r"space.json: cannot read the search space \(the key 'dropout' is given "
+                                            r"twice\)"):
+        parse_space(json_file)
 
 
 def test_configurations_grid_and_seeded_random():

@@ -131,6 +131,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("gearfeat: error:") and "\n" not in err and "missing" in err
     assert main(["predict", str(tmp_path / "nope.h5"), "x.jpg"]) == 1
     assert "model file not found" in capsys.readouterr().err
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04")
+    assert main(["predict", str(tmp_path / "model.keras"), "x.jpg"]) == 1
+    assert capsys.readouterr().err == (f"gearfeat: error: {tmp_path / 'model.keras'}: gearfeat reads models saved "
+                                       "as .h5 (the format it writes), not .keras\n")
+    (tmp_path / "taken").write_text("a file")
+    assert main(["train", str(tmp_path), *TINY_ARGS, "--out", str(tmp_path / "taken")]) == 1
+    assert capsys.readouterr().err == (f"gearfeat: error: cannot create run folder {tmp_path / 'taken'}: a file of "
+                                       "that name is in the way; pass another --out\n")
     with pytest.raises(SystemExit) as info:
         main(["train", "data", "--backbone", "mobilenet_v2"])  # --out missing: argparse usage error
     assert info.value.code == 2
