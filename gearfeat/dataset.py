@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gearfeat.errors import GearfeatError
+from gearfeat.errors import GearfeatError, check_seed
 from gearfeat.fileio import hash_file, write_json_atomic
 from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
 
@@ -160,9 +160,10 @@ def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction
     fraction is above 0.
 
     Raises:
-        GearfeatError: a fraction is out of range, or a class has too few distinct images.
+        GearfeatError: a fraction or the seed is out of range, or a class has too few distinct images.
     """
     check_fractions(val_fraction, test_fraction)
+    check_seed(seed)  # also as the split's key: 1, 1.0 and True would give three different splits
     members: dict[str, list[int]] = defaultdict(list)
     label_of: dict[str, int] = {}
     for i, record in enumerate(dataset.records):

@@ -159,8 +159,14 @@ class FeatureExtractor:
     def features_of(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of standardized uint8 images already in memory."""
         images = np.asarray(images)
-        if images.dtype != np.uint8:
-            raise GearfeatError(f"features_of expects standardized uint8 images, got {images.dtype}")
+        size = self.config.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            # checked here: a tf.function that refuses its input keeps a lock that the extraction threads then
+            # wait on forever (TensorFlow 2.21)
+            raise GearfeatError(f"features_of expects standardized uint8 images of shape (N, {size}, {size}, 3), "
+                                f"got {images.dtype} {images.shape}")
+        if not len(images):
+            return np.zeros((0, int(self.model.output.shape[-1])), np.float32)
         return self._compiled_forward()(images).numpy()
 
     def _compiled_forward(self):

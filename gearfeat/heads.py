@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from .errors import GearfeatError, check_seed
 
@@ -40,13 +42,16 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Raise a GearfeatError naming the first invalid parameter (``fit`` calls it first)."""
         check_seed(self.seed)
         checks = {
-            "hidden": all(isinstance(h, (int, np.integer)) and h > 0 for h in self.hidden),
-            "dropout": 0.0 <= self.dropout < 1.0,
-            "l2": 0 <= self.l2 < math.inf,
-            "learning_rate": 0 < self.learning_rate < math.inf,
-            "batch_size": int(self.batch_size) >= 1,
-            "epochs": int(self.epochs) >= 1,
-            "patience": int(self.patience) >= 0,
+            "hidden": isinstance(self.hidden, Sequence) and not isinstance(self.hidden, str)
+            and all(_is_int(h, 1) for h in self.hidden),
+            "dropout": _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
+            "l2": _is_real(self.l2) and 0 <= self.l2 < math.inf,
+            "learning_rate": _is_real(self.learning_rate) and 0 < self.learning_rate < math.inf,
+            "batch_norm": isinstance(self.batch_norm, (bool, np.bool_)),
+            "batch_size": _is_int(self.batch_size, 1),
+            "epochs": _is_int(self.epochs, 1),
+            "patience": _is_int(self.patience, 0),
+            "verbose": _is_int(self.verbose, 0),
         }
         for name, ok in checks.items():
             if not ok:
@@ -81,7 +86,25 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Train on features ``X`` (N, D) and integer labels ``y``; stop early on ``validation_data``."""
         self.validate()
         X, y = _check_xy(X, y)
-        self.n_classes_ = int(n_classes or y.max() + 1)
+        if n_classes is None:
+            n_classes = int(y.max()) + 1
+        elif not _is_int(n_classes, 2):
+            raise GearfeatError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        if n_classes < 2:
+            raise GearfeatError(f"the labels hold one class ({int(y.max())}); a classifier needs at least 2")
+        if y.max() >= n_classes:
+            raise GearfeatError(f"label {int(y.max())} is out of range for n_classes={n_classes} (labels are 0 to "
+                                f"{n_classes - 1})")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise GearfeatError("validation_data must be a pair (features, labels)")
+            X_val, y_val = _check_xy(*validation_data)
+            if X_val.shape[1] != X.shape[1] or y_val.max() >= n_classes:
+                raise GearfeatError(f"validation_data does not match the training data: {X_val.shape[1]} features "
+                                    f"(training: {X.shape[1]}), labels up to {int(y_val.max())} (n_classes "
+                                    f"{n_classes})")
+        self.n_classes_ = int(n_classes)
+        self.n_features_in_ = X.shape[1]
         self.classes_ = np.arange(self.n_classes_)
         keras.utils.set_random_seed(self.seed)
         self.model_ = self.build(X.shape[1], self.n_classes_)
@@ -92,7 +115,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         compile_model(self.model_, self.learning_rate, steps_per_execution=steps, fused_adam=True)
         callbacks = []
         if validation_data is not None:
-            callbacks = [_EagerValidation(*_check_xy(*validation_data)),
+            callbacks = [_EagerValidation(X_val, y_val),
                          keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                        restore_best_weights=True)]
         # one iterator for all epochs (steps_per_epoch given): each epoch is its own seeded permutation
@@ -106,7 +129,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, n_classes)."""
-        return _probabilities(self.model_, np.asarray(X, np.float32))
+        check_is_fitted(self, "model_")
+        X = _check_features(X)
+        if X.shape[1] != self.n_features_in_:
+            raise GearfeatError(f"X has {X.shape[1]} features, but this head was fitted on {self.n_features_in_}")
+        return _probabilities(self.model_, X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted class indexes (N,)."""
@@ -208,8 +235,33 @@ def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: i
 
 
 def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float32)
-    y = np.asarray(y).astype(np.int64)
-    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y) or len(X) == 0:
+    X = _check_features(X)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(X) != len(y):
         raise GearfeatError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
-    return X, y
+    if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or y.min() < 0:
+        raise GearfeatError(f"labels must be class indexes (integers 0, 1, 2, ...), got {y.dtype} values such as "
+                            f"{y[0]!r}")
+    return X, y.astype(np.int64)
+
+
+def _check_features(X) -> np.ndarray:
+    try:
+        X = np.asarray(X, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise GearfeatError("features must be numbers, an array (N, D)") from None
+    if X.ndim != 2 or len(X) == 0:
+        raise GearfeatError(f"expected features (N, D) with N >= 1, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        row = int(np.argwhere(~np.isfinite(X))[0, 0])
+        raise GearfeatError(f"features hold NaN or infinite values (first in row {row}); check the data (or the "
+                            "cache) they come from")
+    return X
+
+
+def _is_int(value, least: int) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral) and value >= least
+
+
+def _is_real(value) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)

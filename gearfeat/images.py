@@ -71,6 +71,9 @@ def decode_image(data: bytes, size: int, name: str = "<bytes>") -> np.ndarray:
         ImageError: the data is empty, not an image, truncated or corrupt, or too large.
     """
     check_image_size(size)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise GearfeatError(f"decode_image takes the bytes of an image file, got {type(data).__name__}; "
+                            "load_image reads a path")
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     try:

@@ -60,11 +60,13 @@ class Predictor:
 
     def predict(self, paths: Sequence[str | os.PathLike], *, plot: str | os.PathLike | None = None,
                 batch_size: int = 32) -> list[Prediction]:
-        """Predictions in the order of ``paths``; an unreadable image gets an error, the others a label.
+        """Predictions in the order of ``paths`` (or of the one path given); an unreadable image gets an error,
+        the others a label.
 
         With ``plot`` (a ``.png`` path, checked first), also draws them as :meth:`plot` does.
         """
         plot = None if plot is None else png_path(plot)
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # one path is one image
         images: list[np.ndarray | None] = []
         results: list[Prediction | None] = []
         for path in paths:

@@ -105,6 +105,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     ``predictions_png`` (a grid drawn by ``gearfeat predict --plot``) is shown in the results; ``notes`` are
     sentences the caller wants the reader to see under the abstract (e.g. why the weights are random).
     """
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)  # one folder
     if not run_dirs:
         raise GearfeatError("no run folder given; pass the --out folders of gearfeat runs")
     out = Path(out)

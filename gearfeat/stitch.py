@@ -29,13 +29,26 @@ def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[st
     path = Path(path)
     if path.suffix != ".h5":
         raise GearfeatError(f"model path must end in .h5, got {path}")
+    if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+        raise GearfeatError(f"class_names must be a list of strings, got {class_names!r}")
+    if model.output_shape[-1] != len(class_names):
+        raise GearfeatError(f"the model has {model.output_shape[-1]} outputs but {len(class_names)} class names")
+    try:
+        metadata = json.dumps({"class_names": list(class_names), **meta})
+    except TypeError as exc:
+        raise GearfeatError(f"model metadata must be JSON values: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
-    with _quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
-        model.save(tmp)
-    with h5py.File(tmp, "a") as f:
-        f.attrs[_META_KEY] = json.dumps({"class_names": list(class_names), **meta})
-    os.replace(tmp, path)
+    try:
+        with _quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
+            model.save(tmp)
+        with h5py.File(tmp, "a") as f:
+            f.attrs[_META_KEY] = metadata
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save leaves no temporary file behind
     return path
 
 

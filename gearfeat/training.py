@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,9 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
 
     t0 = time.perf_counter()
+    if head.seed not in (0, split.seed):
+        warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
+                      "seeds the split and the training)", stacklevel=2)
     head.set_params(seed=split.seed).fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
                                          n_classes=len(dataset.class_names))
     head_seconds = time.perf_counter() - t0

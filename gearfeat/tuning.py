@@ -268,6 +268,7 @@ def parse_space(space: str | os.PathLike | Mapping | Sequence | SearchSpace | No
     With neither: :data:`DEFAULT_SPACE`. Each ``params`` text sets its parameter's values on top of
     ``space``; with ``params`` alone only they vary.
     """
+    params = [params] if isinstance(params, str) else params  # one flag's text
     if isinstance(space, (str, os.PathLike)):
         space = SearchSpace(_read_space_file(Path(space)))
     elif space is None:

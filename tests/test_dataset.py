@@ -291,6 +291,9 @@ def test_split_is_stratified_with_rounded_counts():
 def test_split_is_seeded_and_independent_of_file_order():
     dataset = synthetic({"a": 30, "b": 30})
     first = split_dataset(dataset, seed=1)
+    for bad in (-5, "abc", None, 1.0, True):  # 1.0 and True used to give other splits than 1
+        with pytest.raises(GearfeatError, match="seed must be an integer from 0 to 4294967295"):
+            split_dataset(dataset, seed=bad)
     assert all(np.array_equal(first[k], v) for k, v in split_dataset(dataset, seed=1).items())
     assert not np.array_equal(first["test"], split_dataset(dataset, seed=2)["test"])
 

@@ -1,5 +1,6 @@
 import re
 import shutil
+import threading
 
 import h5py
 import keras
@@ -51,6 +52,22 @@ def test_features_equal_direct_model_output(shapes_dir, tmp_path):
     images = np.stack([load_image(r.path, 32) for r in result.dataset.records]).astype(np.float32)
     direct = fx.model.predict(images, verbose=0)
     np.testing.assert_allclose(result.features, direct, atol=1e-5)
+
+
+def test_features_of_refuses_other_images_and_extraction_still_works(shapes_dir, tmp_path):
+    fx = FeatureExtractor(tiny_config(), progress=False)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    assert fx.features_of(images).shape == (2, 1280) and fx.features_of(images[:0]).shape == (0, 1280)
+    for bad in (np.zeros((2, 64, 64, 3), np.uint8), images[0], images[..., 0], images.astype(np.float32)):
+        with pytest.raises(GearfeatError, match=r"features_of expects standardized uint8 images of shape "
+                                                r"\(N, 32, 32, 3\)"):
+            fx.features_of(bad)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=fx.extract(scan_dataset(shapes_dir), tmp_path)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)  # a refused call used to leave TensorFlow's lock held: the extraction hung
+    assert done["result"].computed == 60
 
 
 def test_concurrent_streams_share_one_trace(shapes_dir, tmp_path):

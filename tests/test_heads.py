@@ -47,11 +47,61 @@ def test_early_stopping_restores_the_best_epoch():
     assert restored < head.history_["val_loss"][-1]
 
 
-@pytest.mark.parametrize("param", [{"batch_size": 0}, {"epochs": 0}, {"dropout": 1.0}])
+@pytest.mark.parametrize("param", [{"batch_size": 0}, {"epochs": 0}, {"dropout": 1.0}, {"hidden": None},
+                                   {"hidden": 256}, {"hidden": (True,)}, {"dropout": None}, {"l2": "0.1"},
+                                   {"learning_rate": True}, {"batch_norm": "no"}, {"batch_size": 2.9},
+                                   {"epochs": True}, {"patience": 1.5}, {"verbose": "loud"}])
 def test_invalid_parameters_are_named(param):
     X, y = _blobs(n_per_class=5)
-    with pytest.raises(GearfeatError, match=next(iter(param))):
+    name, value = next(iter(param.items()))
+    with pytest.raises(GearfeatError, match=f"^invalid head parameter {name}="):
         DenseHead(**param).fit(X, y)
+
+
+@pytest.mark.parametrize("labels, n_classes, message", [
+    (lambda y: np.where(y == 1, 1.5, y), None, "labels must be class indexes"),
+    (lambda y: y - 1, None, "labels must be class indexes"),
+    (lambda y: y.astype(str), None, "labels must be class indexes"),
+    (lambda y: np.zeros_like(y), None, r"the labels hold one class \(0\); a classifier needs at least 2"),
+    (lambda y: y, 2, r"label 2 is out of range for n_classes=2 \(labels are 0 to 1\)"),
+    (lambda y: y, True, "n_classes must be an integer >= 2, got True"),
+    (lambda y: y, 2.7, "n_classes must be an integer >= 2, got 2.7"),
+    (lambda y: y, 0, "n_classes must be an integer >= 2, got 0"),
+])
+def test_bad_labels_are_refused_not_truncated(labels, n_classes, message):
+    X, y = _blobs(n_per_class=5)
+    with pytest.raises(GearfeatError, match=message):
+        DenseHead(epochs=1).fit(X, labels(y), n_classes=n_classes)
+
+
+def test_non_finite_features_and_mismatched_validation_are_refused():
+    X, y = _blobs(n_per_class=5)
+    bad = X.copy()
+    bad[4, 2] = np.nan
+    with pytest.raises(GearfeatError, match=r"features hold NaN or infinite values \(first in row 4\)"):
+        DenseHead(epochs=1).fit(bad, y)
+    with pytest.raises(GearfeatError, match="features hold NaN"):
+        DenseHead(epochs=1).fit(X, y, validation_data=(np.where(np.isnan(bad), np.inf, bad), y))
+    with pytest.raises(GearfeatError, match="validation_data does not match the training data: 10 features"):
+        DenseHead(epochs=1).fit(X, y, validation_data=(X[:, :10], y))
+    with pytest.raises(GearfeatError, match="validation_data must be a pair"):
+        DenseHead(epochs=1).fit(X, y, validation_data=X)
+
+
+def test_predicting_follows_scikit_learn_conventions():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    X, y = _blobs(n_per_class=5)
+    head = DenseHead(hidden=(4,), epochs=1)
+    with pytest.raises(NotFittedError):
+        head.predict(X)
+    head.fit(X, y)
+    assert head.n_features_in_ == X.shape[1] and list(head.classes_) == [0, 1, 2]
+    with pytest.raises(GearfeatError, match=f"X has 10 features, but this head was fitted on {X.shape[1]}"):
+        head.predict(X[:, :10])
+    with pytest.raises(GearfeatError, match="features hold NaN"):
+        head.predict(np.full_like(X, np.nan))
+    assert not hasattr(clone(head), "model_")
 
 
 def test_validation_logs_equal_keras_evaluate():

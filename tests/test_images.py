@@ -7,6 +7,7 @@ import re
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,10 @@ def test_mutated_files_only_ever_raise_image_error():
             assert decode_image(bytes(data), SIZE).shape == (SIZE, SIZE, 3)
         except ImageError as exc:
             assert exc.reason
+
+
+@pytest.mark.parametrize("data", ["photo.jpg", Path("photo.jpg"), 3, None])
+def test_decode_image_names_a_wrong_argument_type_not_a_corrupt_image(data):
+    with pytest.raises(GearfeatError, match=f"^decode_image takes the bytes of an image file, got "
+                                            f"{type(data).__name__}; load_image reads a path$"):
+        decode_image(data, 32)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -163,3 +164,22 @@ def test_damaged_gearfeat_metadata_is_one_line(model_path, tmp_path, capsys, met
     assert main(["predict", str(damaged), str(_image(tmp_path))]) == 1
     assert capsys.readouterr().err == (f"gearfeat: error: {damaged}: its gearfeat metadata is not a JSON object "
                                        "(edited or damaged?); save the model again with gearfeat\n")
+
+
+def test_saving_and_predicting_check_their_arguments(model_path, tmp_path):
+    from gearfeat.errors import GearfeatError
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(inputs)))
+    with pytest.raises(GearfeatError, match="the model has 3 outputs but 2 class names"):
+        save_model(model, tmp_path / "m.h5", ["a", "b"])
+    with pytest.raises(GearfeatError, match="class_names must be a list of strings, got 'abc'"):
+        save_model(model, tmp_path / "m.h5", "abc")
+    with pytest.raises(GearfeatError, match="model metadata must be JSON values"):
+        save_model(model, tmp_path / "m.h5", ["a", "b", "c"], size=np.int64(3))
+    (tmp_path / "taken.h5").mkdir()
+    with pytest.raises(GearfeatError, match="cannot write .*taken.h5"):
+        save_model(model, tmp_path / "taken.h5", ["a", "b", "c"])
+    assert not list(tmp_path.glob(".*.tmp.h5"))  # no temporary file left behind
+    [one] = prediction.Predictor.from_file(model_path).predict(str(_image(tmp_path)))  # one path, one image
+    assert one.error is None and one.label in ("cat", "dog")

@@ -203,3 +203,14 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     assert main(["train", "data", "--out", "run", "--hidden", "100000000"]) == 1
     assert capsys.readouterr().err == ("gearfeat: error: out of memory (OOM when allocating tensor with "
                                        "shape[1280,100000000]); use smaller layers, batches or images\n")
+
+
+def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, tmp_path):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1, seed=7),
+                       split=SplitConfig(seed=2), cache_dir=tmp_path / "cache", progress=False, log=lambda m: None)
+    assert [str(w.message) for w in caught if w.category is UserWarning] == [
+        "the head's seed 7 is replaced by the run's seed 2 (SplitConfig.seed seeds the split and the training)"]
+    assert json.loads((result.run_dir / "run.json").read_text())["split"]["seed"] == 2
