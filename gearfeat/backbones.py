@@ -93,7 +93,7 @@ def list_backbones() -> list[str]:
 
 def get_spec(name: str) -> BackboneSpec:
     """The registry entry for ``name`` (case-insensitive; '-' and '_' alike)."""
-    key = name.strip().lower().replace("-", "_")
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
     if key not in _REGISTRY:
         raise GearfeatError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
     return _REGISTRY[key]
@@ -125,6 +125,8 @@ def parse_weights(value: str | os.PathLike | None) -> str | None:
         return None
     if str(value).lower() == "imagenet":
         return "imagenet"
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise GearfeatError(f"--weights must be 'imagenet', 'none' or the path of a weights .h5 file, got {value!r}")
     return str(value)
 
 

@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from .errors import GearfeatError
+from .errors import GearfeatError, check_seed
 
 BASELINES = {
     "logreg": lambda C, seed: LogisticRegression(C=C, max_iter=3000, random_state=seed),
@@ -21,7 +21,7 @@ BASELINES = {
 
 def check_baseline(kind: str, C: float) -> None:
     """Raise a GearfeatError unless ``kind`` is a known baseline and ``C`` a finite number above 0."""
-    if kind not in BASELINES:
+    if not isinstance(kind, str) or kind not in BASELINES:
         raise GearfeatError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
     if isinstance(C, bool) or not isinstance(C, numbers.Real) or not 0 < C < math.inf:
         raise GearfeatError(f"baseline C must be a finite number above 0, got {C!r}")
@@ -30,4 +30,5 @@ def check_baseline(kind: str, C: float) -> None:
 def make_baseline(kind: str = "logreg", C: float = 1.0, seed: int = 0) -> Pipeline:
     """``StandardScaler`` followed by the estimator ``kind`` ("logreg", "linear_svc" or "svc")."""
     check_baseline(kind, C)
+    check_seed(seed)
     return make_pipeline(StandardScaler(), BASELINES[kind](float(C), seed))

@@ -99,6 +99,10 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
         GearfeatError: ``root`` is missing or unreadable, has no class folders, or fewer than
             ``min_classes`` classes have images.
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise GearfeatError(f"the data folder must be a path, got {root!r}")
+    if isinstance(min_classes, bool) or not isinstance(min_classes, numbers.Integral) or min_classes < 1:
+        raise GearfeatError(f"min_classes must be an integer >= 1, got {min_classes!r}")
     with _collection_paused():  # tens of thousands of new objects, none of them garbage
         return _scan(Path(root), min_classes)
 

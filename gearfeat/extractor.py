@@ -118,6 +118,8 @@ class FeatureExtractor:
     def __init__(self, config: ExtractorConfig, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  streams: int = DEFAULT_STREAMS, workers: int | None = None, prefetch: int = DEFAULT_PREFETCH,
                  progress: bool = True):
+        if not isinstance(config, ExtractorConfig):
+            raise GearfeatError(f"config must be an ExtractorConfig, got {config!r}")
         for name, value, least in (("batch size", batch_size, 1), ("streams", streams, 1),
                                    ("prefetch", prefetch, 0), ("workers", 1 if workers is None else workers, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -224,6 +226,8 @@ class FeatureExtractor:
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise GearfeatError(f"expected uint8 images of shape (N, {size}, {size}, 3), "
                                 f"got {images.dtype} {images.shape}")
+        if isinstance(labels, str) or len(labels) != len(images):
+            raise GearfeatError(f"expected one label per image ({len(images)}), got {labels!r:.60}")
         keys = [hashlib.sha256(im.tobytes()).hexdigest() for im in images]
         with FeatureCache.open(cache_dir, self.config.cache_attrs()) as cache:
             first: dict[str, int] = {}

@@ -90,8 +90,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     config = config or ExtractorConfig()
     head = head or DenseHead()
     split = split or SplitConfig()
-    head.validate()  # every setting is checked before the extraction, which can take minutes
-    split.check_for_training()
+    check_settings(config=config, split=split, head=head)  # before the extraction, which can take minutes
     check_baseline(baseline, baseline_c)
     run = RunDir(out, create=True, log=log)
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
@@ -100,6 +99,17 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     metrics = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
                            baseline_c=baseline_c, started=started, log=log)
     return TrainResult(run.path, metrics, extraction, extraction.skipped)
+
+
+def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHead | None = None) -> None:
+    """Raise a GearfeatError naming the first setting of a run that is of the wrong kind or invalid."""
+    for name, value, kind in (("config", config, ExtractorConfig), ("split", split, SplitConfig),
+                              ("head", head, DenseHead)):
+        if not isinstance(value, kind) and not (name == "head" and value is None):
+            raise GearfeatError(f"{name} must be an instance of {kind.__name__}, got {value!r:.60}")
+    if head is not None:
+        head.validate()
+    split.check_for_training()
 
 
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,

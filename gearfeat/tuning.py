@@ -48,7 +48,7 @@ from .heads import DenseHead
 from .plots import png_path, save_figure
 from .progress import Progress
 from .runs import RunDir
-from .training import SplitConfig, extract_dataset, fit_and_save
+from .training import SplitConfig, check_settings, extract_dataset, fit_and_save
 
 Log = Callable[[str], None]
 HEAD, BASELINE = "head", "baseline"
@@ -593,15 +593,16 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     folder like ``gearfeat train``.
 
     ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
-    ``split.seed``, see :meth:`SearchSpace.configurations`); None, or at least the size of the space, runs
-    the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and
-    ``search.png`` besides ``model.h5`` (the best dense head) and the rest of a train run.
+    ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
+    runs the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and ``search.png`` besides
+    ``model.h5`` (the best dense head) and the rest of a train run.
     """
     started = time.perf_counter()
     space = parse_space(space)
     config = config or ExtractorConfig()
     split = split or SplitConfig()
-    split.check_for_training()
+    check_settings(config=config, split=split)
+    n_trials = None if n_trials == "all" else n_trials  # as --trials all
     configurations = space.configurations(n_trials, seed=split.seed)
     backend = backend or DEFAULT_BACKEND
     _backend(backend, address)

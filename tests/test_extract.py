@@ -70,6 +70,23 @@ def test_features_of_refuses_other_images_and_extraction_still_works(shapes_dir,
     assert done["result"].computed == 60
 
 
+def test_api_arguments_of_the_wrong_kind_are_named(tmp_path):
+    with pytest.raises(GearfeatError, match="config must be an ExtractorConfig, got 'mobilenet_v2'"):
+        FeatureExtractor("mobilenet_v2")
+    with pytest.raises(GearfeatError, match="unknown backbone None"):
+        tiny_config(backbone=None)
+    for weights in ("", 123):
+        with pytest.raises(GearfeatError, match="--weights must be 'imagenet', 'none' or the path"):
+            tiny_config(weights=weights)
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    with pytest.raises(GearfeatError, match=r"expected one label per image \(3\)"):
+        FeatureExtractor(tiny_config(), progress=False).extract_arrays(images, ["a", "b"], tmp_path)
+    with pytest.raises(GearfeatError, match="the data folder must be a path, got None"):
+        scan_dataset(None)
+    with pytest.raises(GearfeatError, match="min_classes must be an integer >= 1, got '2'"):
+        scan_dataset(tmp_path, min_classes="2")
+
+
 def test_concurrent_streams_share_one_trace(shapes_dir, tmp_path):
     fx = FeatureExtractor(tiny_config(), progress=False, batch_size=4, streams=6)
     fx.extract(scan_dataset(shapes_dir), tmp_path)  # 15 batches, the last one smaller, 6 at once

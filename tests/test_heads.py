@@ -191,3 +191,12 @@ def test_fused_adam_updates_as_keras_adam(amsgrad):
     for keras_adam, fused, initial in zip(*weights, start.get_weights()):
         assert not np.allclose(keras_adam, initial)
         np.testing.assert_allclose(fused, keras_adam, rtol=1e-5, atol=1e-6)
+
+
+def test_baseline_settings_are_named():
+    from gearfeat.baseline import make_baseline
+    for kind, C, seed, message in ((["logreg"], 1.0, 0, r"unknown baseline \['logreg'\]"),
+                                   ("logreg", 0.0, 0, "baseline C must be a finite number above 0, got 0.0"),
+                                   ("svc", 1.0, -1, "seed must be an integer from 0 to 4294967295, got -1")):
+        with pytest.raises(GearfeatError, match=message):
+            make_baseline(kind, C, seed=seed)

@@ -348,6 +348,10 @@ def test_a_search_without_baseline_trials_says_its_baseline_is_the_default(searc
     assert any(line.endswith("; baseline: default settings, not searched: logreg, C=1") for line in lines)
     run = json.loads((result.run_dir / "run.json").read_text())["search"]
     assert (run["head_trials"], run["baseline_trials"], run["best_baseline_trial"]) == (1, 0, None)
+    again = search(shapes_dir, tmp_path / "all", space={"hidden": [[], [4]], "epochs": [1]}, n_trials="all", jobs=1,
+                   config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False,
+                   log=lambda m: None)
+    assert len(again.trials) == 2  # "all" as on the command line: the whole grid
 
 
 def test_the_test_split_is_used_once_by_the_winners_only(searched):

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -214,3 +215,14 @@ def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, 
     assert [str(w.message) for w in caught if w.category is UserWarning] == [
         "the head's seed 7 is replaced by the run's seed 2 (SplitConfig.seed seeds the split and the training)"]
     assert json.loads((result.run_dir / "run.json").read_text())["split"]["seed"] == 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"config": "mobilenet_v2"}, "config must be an instance of ExtractorConfig, got 'mobilenet_v2'"),
+    ({"split": {"seed": 1}}, "split must be an instance of SplitConfig, got {'seed': 1}"),
+    ({"head": DenseHead(hidden=None)}, "invalid head parameter hidden=None"),
+])
+def test_settings_of_the_wrong_kind_are_named(tmp_path, settings, message):
+    with pytest.raises(GearfeatError, match=f"^{re.escape(message)}$"):
+        train(tmp_path / "data", tmp_path / "run", **settings)
+    assert not (tmp_path / "run").exists()
