@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gearfeat.errors import GearfeatError, check_seed
+from gearfeat.errors import GearfeatError, check_seed, is_int
 from gearfeat.fileio import hash_file, write_json_atomic
 from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
 
@@ -101,7 +101,7 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
     """
     if not isinstance(root, (str, os.PathLike)):
         raise GearfeatError(f"the data folder must be a path, got {root!r}")
-    if isinstance(min_classes, bool) or not isinstance(min_classes, numbers.Integral) or min_classes < 1:
+    if not is_int(min_classes, 1):
         raise GearfeatError(f"min_classes must be an integer >= 1, got {min_classes!r}")
     with _collection_paused():  # tens of thousands of new objects, none of them garbage
         return _scan(Path(root), min_classes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backbones import create_backbone
-from .errors import GearfeatError, WeightsUnavailableError
+from .errors import GearfeatError, WeightsUnavailableError, is_int
 from .extractor import ExtractorConfig
 from .heads import DenseHead
 from .prediction import Prediction, predict_images
@@ -70,7 +70,7 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     """
     started = time.perf_counter()
     for option, value, least in (("--per-class", per_class, 3), ("--new-images", n_new, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if not is_int(value, least):
             raise GearfeatError(f"{option} must be an integer >= {least}, got {value!r}"
                                 + (" (one image each for training, validation and test)" if least == 3 else ""))
     out = Path(out)

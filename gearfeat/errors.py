@@ -15,9 +15,14 @@ class GearfeatError(Exception):
 MAX_SEED = 2**32 - 1  # Keras and NumPy seed range
 
 
+def is_int(value: object, least: int) -> bool:
+    """True for an integer (Python's or numpy's, not a bool) of at least ``least``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= least
+
+
 def check_seed(seed: object) -> None:
     """Raise a GearfeatError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+    if not is_int(seed, 0) or seed > MAX_SEED:
         raise GearfeatError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 

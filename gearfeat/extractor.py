@@ -27,7 +27,7 @@ from . import __version__
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache
 from .dataset import Dataset, Skipped
-from .errors import GearfeatError, ImageError
+from .errors import GearfeatError, ImageError, is_int
 from .images import STANDARDIZE_VERSION, check_image_size, decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
@@ -122,7 +122,7 @@ class FeatureExtractor:
             raise GearfeatError(f"config must be an ExtractorConfig, got {config!r}")
         for name, value, least in (("batch size", batch_size, 1), ("streams", streams, 1),
                                    ("prefetch", prefetch, 0), ("workers", 1 if workers is None else workers, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_int(value, least):
                 raise GearfeatError(f"{name} must be an integer >= {least}, got {value!r}")
         self.config = config
         self.batch_size = batch_size

@@ -12,7 +12,7 @@ import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import GearfeatError, check_seed
+from .errors import GearfeatError, check_seed, is_int
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
@@ -43,15 +43,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         check_seed(self.seed)
         checks = {
             "hidden": isinstance(self.hidden, Sequence) and not isinstance(self.hidden, str)
-            and all(_is_int(h, 1) for h in self.hidden),
+            and all(is_int(h, 1) for h in self.hidden),
             "dropout": _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
             "l2": _is_real(self.l2) and 0 <= self.l2 < math.inf,
             "learning_rate": _is_real(self.learning_rate) and 0 < self.learning_rate < math.inf,
             "batch_norm": isinstance(self.batch_norm, (bool, np.bool_)),
-            "batch_size": _is_int(self.batch_size, 1),
-            "epochs": _is_int(self.epochs, 1),
-            "patience": _is_int(self.patience, 0),
-            "verbose": _is_int(self.verbose, 0),
+            "batch_size": is_int(self.batch_size, 1),
+            "epochs": is_int(self.epochs, 1),
+            "patience": is_int(self.patience, 0),
+            "verbose": is_int(self.verbose, 0),
         }
         for name, ok in checks.items():
             if not ok:
@@ -88,7 +88,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         X, y = _check_xy(X, y)
         if n_classes is None:
             n_classes = int(y.max()) + 1
-        elif not _is_int(n_classes, 2):
+        elif not is_int(n_classes, 2):
             raise GearfeatError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         if n_classes < 2:
             raise GearfeatError(f"the labels hold one class ({int(y.max())}); a classifier needs at least 2")
@@ -257,10 +257,6 @@ def _check_features(X) -> np.ndarray:
         raise GearfeatError(f"features hold NaN or infinite values (first in row {row}); check the data (or the "
                             "cache) they come from")
     return X
-
-
-def _is_int(value, least: int) -> bool:
-    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral) and value >= least
 
 
 def _is_real(value) -> bool:
