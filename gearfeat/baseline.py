@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from .errors import GearfeatError, check_seed
+from .errors import GearfeatError, check_seed, is_real
 
 BASELINES = {
     "logreg": lambda C, seed: LogisticRegression(C=C, max_iter=3000, random_state=seed),
@@ -23,7 +22,7 @@ def check_baseline(kind: str, C: float) -> None:
     """Raise a GearfeatError unless ``kind`` is a known baseline and ``C`` a finite number above 0."""
     if not isinstance(kind, str) or kind not in BASELINES:
         raise GearfeatError(f"unknown baseline {kind!r}; choose one of: {', '.join(BASELINES)}")
-    if isinstance(C, bool) or not isinstance(C, numbers.Real) or not 0 < C < math.inf:
+    if not is_real(C) or not 0 < C < math.inf:
         raise GearfeatError(f"baseline C must be a finite number above 0, got {C!r}")
 
 

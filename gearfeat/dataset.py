@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import numbers
 import os
 import stat
 import warnings
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gearfeat.errors import GearfeatError, check_seed, is_int
+from gearfeat.errors import GearfeatError, check_seed, is_int, is_real
 from gearfeat.fileio import hash_file, write_json_atomic
 from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
 
@@ -147,7 +146,7 @@ def _scan(root: Path, min_classes: int) -> Dataset:
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
     """Raise a GearfeatError naming the fraction unless both are in [0, 1) and leave images for training."""
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        if not is_real(value) or not 0 <= value < 1:
             raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}")
     if val_fraction + test_fraction >= 1:
         raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "

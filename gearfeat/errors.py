@@ -20,6 +20,11 @@ def is_int(value: object, least: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= least
 
 
+def is_real(value: object) -> bool:
+    """True for a real number (int, float or numpy's, not a bool); NaN included, ranges are the caller's."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def check_seed(seed: object) -> None:
     """Raise a GearfeatError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
     if not is_int(seed, 0) or seed > MAX_SEED:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import os
 import threading
 import time
@@ -27,7 +26,7 @@ from . import __version__
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache
 from .dataset import Dataset, Skipped
-from .errors import GearfeatError, ImageError, is_int
+from .errors import GearfeatError, ImageError, is_int, is_real
 from .images import STANDARDIZE_VERSION, check_image_size, decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 from .progress import Progress
@@ -59,8 +58,7 @@ class ExtractorConfig:
         if self.pooling not in ("avg", "max"):
             raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
         if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) \
-                    or not 0 < self.alpha < math.inf:
+            if not is_real(self.alpha) or not 0 < self.alpha < math.inf:
                 raise GearfeatError(f"--alpha must be a width multiplier above 0, got {self.alpha!r}")
             self.alpha = float(self.alpha)
 

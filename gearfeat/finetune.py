@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from .dataset import scan_dataset
-from .errors import GearfeatError
+from .errors import GearfeatError, is_int
 from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
 from .heads import compile_model
 from .runs import RunDir
@@ -56,7 +56,7 @@ def unfreeze_top(model: keras.Model, n: int) -> list[str]:
         GearfeatError: ``n`` is not between 1 and the number of backbone layers.
     """
     layers = backbone_layers(model)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(layers):
+    if not is_int(n, 1) or n > len(layers):
         raise GearfeatError(f"--unfreeze {n!r}: the backbone has {len(layers)} layers; pass a number from 1 "
                             f"to {len(layers)}")
     model.get_layer("backbone").trainable = True

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Sequence
 
 import keras
@@ -12,7 +11,7 @@ import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import GearfeatError, check_seed, is_int
+from .errors import GearfeatError, check_seed, is_int, is_real
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
@@ -44,9 +43,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         checks = {
             "hidden": isinstance(self.hidden, Sequence) and not isinstance(self.hidden, str)
             and all(is_int(h, 1) for h in self.hidden),
-            "dropout": _is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
-            "l2": _is_real(self.l2) and 0 <= self.l2 < math.inf,
-            "learning_rate": _is_real(self.learning_rate) and 0 < self.learning_rate < math.inf,
+            "dropout": is_real(self.dropout) and 0.0 <= self.dropout < 1.0,
+            "l2": is_real(self.l2) and 0 <= self.l2 < math.inf,
+            "learning_rate": is_real(self.learning_rate) and 0 < self.learning_rate < math.inf,
             "batch_norm": isinstance(self.batch_norm, (bool, np.bool_)),
             "batch_size": is_int(self.batch_size, 1),
             "epochs": is_int(self.epochs, 1),
@@ -257,7 +256,3 @@ def _check_features(X) -> np.ndarray:
         raise GearfeatError(f"features hold NaN or infinite values (first in row {row}); check the data (or the "
                             "cache) they come from")
     return X
-
-
-def _is_real(value) -> bool:
-    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from gearfeat.errors import GearfeatError, ImageError
+from gearfeat.errors import GearfeatError, ImageError, is_int
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "decode_image", "standardize", "os_error_reason"]
 
@@ -136,7 +136,7 @@ def check_image_size(size: int, name: str = "image size") -> int:
     """``size`` as an int if it is an integer image side from the minimum to the maximum; else a GearfeatError
     naming it as ``name`` (an option such as ``--image-size``). The maximum keeps a typo from asking for more
     memory than the machine has (one 100,000-pixel square is 30 GB)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not _MIN_SIZE <= size <= _MAX_SIZE:
+    if not is_int(size, _MIN_SIZE) or size > _MAX_SIZE:
         raise GearfeatError(f"{name} must be an integer from {_MIN_SIZE} to {_MAX_SIZE}, got {size!r}")
     return int(size)
 

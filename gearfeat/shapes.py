@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gearfeat.errors import GearfeatError
+from gearfeat.errors import GearfeatError, is_int
 
 # A drawer fills one shape centred at ``center`` inside the square of half-side ``radius``.
 Drawer = Callable[[ImageDraw.ImageDraw, tuple[float, float], float, tuple[int, int, int], np.random.Generator], None]
@@ -145,7 +145,7 @@ def _check_kinds(kinds: Sequence[str]) -> list[str]:
 
 
 def _check_int(name: str, value: int, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value, minimum):
         raise GearfeatError(f"{name}={value!r} must be an integer >= {minimum}")
 
 

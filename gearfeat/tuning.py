@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import numbers
 import os
 import time
 from collections import defaultdict
@@ -42,7 +41,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from .baseline import BASELINES, make_baseline
 from .dataset import Skipped, split_dataset
-from .errors import GearfeatError, check_seed
+from .errors import GearfeatError, check_seed, is_int, is_real
 from .extractor import ExtractorConfig
 from .heads import DenseHead
 from .plots import png_path, save_figure
@@ -71,7 +70,7 @@ def _real(rule: str, ok: Callable[[float], bool]) -> Callable[[Any], float]:
                 value = float(value)
             except ValueError:
                 raise ValueError(f"expected a number {rule}") from None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+        if not is_real(value) or not ok(float(value)):
             raise ValueError(f"expected a number {rule}")
         return float(value)
     return check
@@ -79,7 +78,7 @@ def _real(rule: str, ok: Callable[[float], bool]) -> Callable[[Any], float]:
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        if not is_int(value, minimum):
             raise ValueError(f"expected an integer >= {minimum}")
         return int(value)
     return check
@@ -93,7 +92,7 @@ def _flag(value: Any) -> bool:
 
 def _layers(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value):
+            is_int(v, 1) for v in value):
         return tuple(int(v) for v in value)
     raise ValueError("expected a list of positive layer sizes, e.g. [512, 128], or [] for no hidden layer")
 
@@ -200,8 +199,7 @@ class SearchSpace:
         :attr:`grids`, each grid's drawn by scikit-learn's ``ParameterSampler`` from one ``RandomState(seed)``
         passed along, so the same seed gives the same trials.
         """
-        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral)
-                                     or n_trials < 1):
+        if n_trials is not None and not is_int(n_trials, 1):
             raise GearfeatError(f"the number of trials must be a positive integer or 'all', got {n_trials!r}")
         check_seed(seed)
         if n_trials is None or n_trials >= len(self):
@@ -491,7 +489,7 @@ def _backend(name: str, address: str | None) -> Backend:
 
 
 def _check_jobs(jobs: int) -> None:
-    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs == 0:
+    if not is_int(jobs, -math.inf) or jobs == 0:  # any integer but 0
         raise GearfeatError(f"jobs must be a positive number of workers or negative (-1: all cores), got {jobs!r}")
 
 
