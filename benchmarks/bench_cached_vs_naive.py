@@ -71,7 +71,7 @@ def main() -> None:
         extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False, log=lambda m: None)
         parts = split_dataset(extraction.dataset)
         X, y = extraction.features, extraction.dataset.labels
-        fitted = head().fit(X[parts["train"]], y[parts["train"]], n_classes=len(extraction.dataset.class_names),
+        fitted = head().fit(X[parts["train"]], y[parts["train"]], classes=range(len(extraction.dataset.class_names)),
                             validation_data=(X[parts["val"]], y[parts["val"]]))
         return float(fitted.score(X[parts["test"]], y[parts["test"]]))
 

@@ -77,7 +77,7 @@ def main() -> None:
         def timed() -> float:
             head = DenseHead(epochs=epochs, patience=epochs)
             start = time.perf_counter()
-            head.fit(*train, validation_data=val, n_classes=n_classes)
+            head.fit(*train, validation_data=val, classes=range(n_classes))
             seconds = time.perf_counter() - start
             accuracy[name] = float(head.score(*test))  # untimed
             return seconds

@@ -163,7 +163,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     log(f"features {X_train.shape[1]}-d from cache {cache_path} ({extract_seconds:.1f} s)")
 
     t0 = time.perf_counter()
-    head.set_params(seed=seed).fit(X_train[train_idx], y_train[train_idx], n_classes=len(CLASS_NAMES),
+    head.set_params(seed=seed).fit(X_train[train_idx], y_train[train_idx], classes=range(len(CLASS_NAMES)),
                                    validation_data=(X_train[val_idx], y_train[val_idx]))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()

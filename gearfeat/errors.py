@@ -12,6 +12,11 @@ class GearfeatError(Exception):
     """A problem the user can fix; its message is one line: what, where, what to do."""
 
 
+class InvalidArgumentError(GearfeatError, ValueError, TypeError):
+    """An argument of the wrong value or type. Also a ``ValueError`` and a ``TypeError``, as NumPy and
+    scikit-learn code expects of bad input (scikit-learn's own ``InvalidParameterError`` is both)."""
+
+
 MAX_SEED = 2**32 - 1  # Keras and NumPy seed range
 
 
@@ -26,9 +31,9 @@ def is_real(value: object) -> bool:
 
 
 def check_seed(seed: object) -> None:
-    """Raise a GearfeatError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
+    """Raise an InvalidArgumentError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
     if not is_int(seed, 0) or seed > MAX_SEED:
-        raise GearfeatError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        raise InvalidArgumentError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 
 class ImageError(GearfeatError):

@@ -9,9 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from .errors import GearfeatError, check_seed, is_int, is_real
+from .errors import InvalidArgumentError, check_seed, first_line, is_int, is_real
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
@@ -38,7 +39,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     def validate(self) -> None:
-        """Raise a GearfeatError naming the first invalid parameter (``fit`` calls it first)."""
+        """Raise an InvalidArgumentError naming the first invalid parameter (``fit`` calls it first)."""
         check_seed(self.seed)
         checks = {
             "hidden": isinstance(self.hidden, Sequence) and not isinstance(self.hidden, str)
@@ -54,7 +55,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         }
         for name, ok in checks.items():
             if not ok:
-                raise GearfeatError(f"invalid head parameter {name}={getattr(self, name)!r}")
+                raise InvalidArgumentError(f"invalid head parameter {name}={getattr(self, name)!r}")
 
     def build(self, n_features: int, n_classes: int) -> keras.Model:
         """The uncompiled head model: features -> [Dense -> (BatchNorm) -> ReLU -> Dropout]* -> softmax.
@@ -81,32 +82,25 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return keras.Model(inputs, outputs, name="head")
 
     def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-            n_classes: int | None = None) -> "DenseHead":
-        """Train on features ``X`` (N, D) and integer labels ``y``; stop early on ``validation_data``."""
+            classes: Sequence | None = None) -> "DenseHead":
+        """Train on features ``X`` (N, D) and class labels ``y``; stop early on ``validation_data``.
+
+        ``classes`` lists every label the head predicts, in the order of its outputs (default: the labels in
+        ``y``, sorted); give it when the training labels may lack a class, e.g. ``range(len(class_names))``.
+        """
         self.validate()
-        X, y = _check_xy(X, y)
-        if n_classes is None:
-            n_classes = int(y.max()) + 1
-        elif not is_int(n_classes, 2):
-            raise GearfeatError(f"n_classes must be an integer >= 2, got {n_classes!r}")
-        if n_classes < 2:
-            raise GearfeatError(f"the labels hold one class ({int(y.max())}); a classifier needs at least 2")
-        if y.max() >= n_classes:
-            raise GearfeatError(f"label {int(y.max())} is out of range for n_classes={n_classes} (labels are 0 to "
-                                f"{n_classes - 1})")
+        X = _check_features(X)
+        y = _check_labels(y, len(X))
+        classes = _check_classes(y, classes)
+        y = _class_indexes(classes, y, "y")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise GearfeatError("validation_data must be a pair (features, labels)")
-            X_val, y_val = _check_xy(*validation_data)
-            if X_val.shape[1] != X.shape[1] or y_val.max() >= n_classes:
-                raise GearfeatError(f"validation_data does not match the training data: {X_val.shape[1]} features "
-                                    f"(training: {X.shape[1]}), labels up to {int(y_val.max())} (n_classes "
-                                    f"{n_classes})")
-        self.n_classes_ = int(n_classes)
-        self.n_features_in_ = X.shape[1]
-        self.classes_ = np.arange(self.n_classes_)
+                raise InvalidArgumentError("validation_data must be a pair (features, labels)")
+            X_val = _check_width(_check_features(validation_data[0]), X.shape[1], "validation_data")
+            y_val = _class_indexes(classes, _check_labels(validation_data[1], len(X_val)), "validation labels")
+        self.classes_, self.n_features_in_ = classes, X.shape[1]
         keras.utils.set_random_seed(self.seed)
-        self.model_ = self.build(X.shape[1], self.n_classes_)
+        self.model_ = self.build(X.shape[1], len(self.classes_))
         batch_size, epochs = int(self.batch_size), int(self.epochs)
         steps = -(-len(X) // batch_size)
         # one graph call per epoch (steps_per_execution) on an in-graph tf.data pipeline: the per-step
@@ -127,17 +121,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, n_classes)."""
+        """Class probabilities (N, number of classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "model_")
-        X = _check_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise GearfeatError(f"X has {X.shape[1]} features, but this head was fitted on {self.n_features_in_}")
-        return _probabilities(self.model_, X)
+        return _probabilities(self.model_, _check_width(_check_features(X), self.n_features_in_, "X"))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted class indexes (N,)."""
-        return self.predict_proba(X).argmax(axis=1)
-
+        """Predicted class labels (N,): values of ``classes_``."""
+        index = self.predict_proba(X).argmax(axis=1)  # first: it checks that the head is fitted
+        return self.classes_[index]
 
 def compile_model(model: keras.Model, learning_rate: float, *, steps_per_execution: int = 1,
                   for_training: bool = True, fused_adam: bool = False) -> keras.Model:
@@ -233,26 +224,68 @@ def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: i
     return tf.data.Dataset.range(epochs).flat_map(epoch).prefetch(2)
 
 
-def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
-    X = _check_features(X)
-    y = np.asarray(y)
-    if y.ndim != 1 or len(X) != len(y):
-        raise GearfeatError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
-    if y.dtype.kind not in "iuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or y.min() < 0:
-        raise GearfeatError(f"labels must be class indexes (integers 0, 1, 2, ...), got {y.dtype} values such as "
-                            f"{y[0]!r}")
-    return X, y.astype(np.int64)
-
-
 def _check_features(X) -> np.ndarray:
-    try:
-        X = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise GearfeatError("features must be numbers, an array (N, D)") from None
-    if X.ndim != 2 or len(X) == 0:
-        raise GearfeatError(f"expected features (N, D) with N >= 1, got shape {X.shape}")
+    """``X`` as a finite float32 array (N >= 1, D >= 1), or an InvalidArgumentError saying what is wrong."""
+    try:  # scikit-learn's check refuses sparse and complex input with its usual messages
+        X = np.asarray(check_array(X, accept_sparse=False, dtype=None, ensure_2d=False, allow_nd=True,
+                                   ensure_all_finite=False, ensure_min_samples=0), dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"features must be a dense array of real numbers (N, D): "
+                                   f"{first_line(exc)}") from None
+    if X.ndim != 2:
+        raise InvalidArgumentError(f"expected features (N, D), got shape {X.shape}: Reshape your data, "
+                                   "X.reshape(1, -1) for one sample or X.reshape(-1, 1) for one feature")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise InvalidArgumentError(f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) "
+                                   f"(shape={X.shape}) while a minimum of 1 is required.")
     if not np.all(np.isfinite(X)):
         row = int(np.argwhere(~np.isfinite(X))[0, 0])
-        raise GearfeatError(f"features hold NaN or infinite values (first in row {row}); check the data (or the "
-                            "cache) they come from")
+        raise InvalidArgumentError(f"features hold NaN or infinite values (first in row {row}); check the data "
+                                   "(or the cache) they come from")
     return X
+
+
+def _check_width(X: np.ndarray, width: int, name: str) -> np.ndarray:
+    if X.shape[1] != width:
+        raise InvalidArgumentError(f"{name} has {X.shape[1]} features, but DenseHead is expecting {width} features "
+                                   "as input (the width it was fitted on)")
+    return X
+
+
+def _check_labels(y, n: int) -> np.ndarray:
+    """``y`` as a 1-D array of ``n`` class labels; a column vector is flattened, with scikit-learn's warning."""
+    try:
+        y = column_or_1d(y, warn=True)
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise ValueError("Input y contains NaN or infinity; labels must be classes")
+        check_classification_targets(y)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"bad labels: {first_line(exc)}") from None
+    if len(y) != n:
+        raise InvalidArgumentError(f"expected one label per row of the features ({n}), got {len(y)}")
+    return y
+
+
+def _check_classes(y: np.ndarray, classes: Sequence | None) -> np.ndarray:
+    """The head's classes: ``classes`` (checked) or the labels in ``y``, sorted."""
+    if classes is None:
+        found = np.unique(y)
+        if len(found) < 2:
+            raise InvalidArgumentError(f"the labels hold one class ({found.tolist()[0]!r}); a classifier needs at "
+                                       "least 2")
+        return found
+    given = np.asarray(classes)
+    if given.ndim != 1 or len(given) < 2 or len(np.unique(given)) != len(given):
+        raise InvalidArgumentError(f"classes must list 2 or more labels, each once, got {classes!r:.80}")
+    return given
+
+
+def _class_indexes(classes: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    """The position of each label of ``y`` in ``classes`` (the head's output index)."""
+    lookup = {label: i for i, label in enumerate(classes.tolist())}
+    try:
+        return np.array([lookup[label] for label in y.tolist()], dtype=np.int64)
+    except (KeyError, TypeError):
+        unknown = next(label for label in y.tolist() if label not in lookup)
+        raise InvalidArgumentError(f"{name} holds the label {unknown!r}, which is not among the classes "
+                                   f"{classes.tolist()!r:.80}") from None

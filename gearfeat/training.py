@@ -134,7 +134,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
                       "seeds the split and the training)", stacklevel=2)
     head.set_params(seed=split.seed).fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
-                                         n_classes=len(dataset.class_names))
+                                         classes=range(len(dataset.class_names)))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X[train_idx], y[train_idx])

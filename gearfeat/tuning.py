@@ -339,7 +339,7 @@ def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarra
     else:
         model = "dense"
         head = DenseHead(**params, seed=seed).fit(X_train, y_train, validation_data=(X_val, y_val),
-                                                  n_classes=n_classes)
+                                                  classes=range(n_classes))
         proba = head.predict_proba(X_val)
         predicted = proba.argmax(axis=1)
         epochs_run, best_epoch = len(head.history_["loss"]), int(head.best_epoch_)

@@ -3,7 +3,9 @@ import keras
 import numpy as np
 import pytest
 
-from gearfeat.errors import GearfeatError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from gearfeat.errors import GearfeatError, InvalidArgumentError
 from gearfeat.heads import DenseHead, _EagerValidation
 
 
@@ -54,38 +56,56 @@ def test_early_stopping_restores_the_best_epoch():
 def test_invalid_parameters_are_named(param):
     X, y = _blobs(n_per_class=5)
     name, value = next(iter(param.items()))
-    with pytest.raises(GearfeatError, match=f"^invalid head parameter {name}="):
+    with pytest.raises(InvalidArgumentError, match=f"^invalid head parameter {name}="):
         DenseHead(**param).fit(X, y)
 
 
-@pytest.mark.parametrize("labels, n_classes, message", [
-    (lambda y: np.where(y == 1, 1.5, y), None, "labels must be class indexes"),
-    (lambda y: y - 1, None, "labels must be class indexes"),
-    (lambda y: y.astype(str), None, "labels must be class indexes"),
+@pytest.mark.parametrize("labels, classes, message", [
+    (lambda y: np.where(y == 1, 1.5, y), None, "bad labels: Unknown label type: continuous"),
+    (lambda y: np.where(y == 1, np.nan, y), None, "bad labels: Input y contains NaN or infinity"),
     (lambda y: np.zeros_like(y), None, r"the labels hold one class \(0\); a classifier needs at least 2"),
-    (lambda y: y, 2, r"label 2 is out of range for n_classes=2 \(labels are 0 to 1\)"),
-    (lambda y: y, True, "n_classes must be an integer >= 2, got True"),
-    (lambda y: y, 2.7, "n_classes must be an integer >= 2, got 2.7"),
-    (lambda y: y, 0, "n_classes must be an integer >= 2, got 0"),
+    (lambda y: y[:-1], None, r"expected one label per row of the features \(15\), got 14"),
+    (lambda y: np.stack([y, y], axis=1), None, "bad labels: y should be a 1d array"),
+    (lambda y: y, [0, 1], r"y holds the label 2, which is not among the classes \[0, 1\]"),
+    (lambda y: y, [0, 1, 1, 2], "classes must list 2 or more labels, each once"),
+    (lambda y: y, [[0, 1, 2]], "classes must list 2 or more labels, each once"),
+    (lambda y: y, [], r"classes must list 2 or more labels, each once, got \[\]"),
 ])
-def test_bad_labels_are_refused_not_truncated(labels, n_classes, message):
+def test_bad_labels_are_refused_not_truncated(labels, classes, message):
     X, y = _blobs(n_per_class=5)
-    with pytest.raises(GearfeatError, match=message):
-        DenseHead(epochs=1).fit(X, labels(y), n_classes=n_classes)
+    with pytest.raises(InvalidArgumentError, match=message):
+        DenseHead(epochs=1).fit(X, labels(y), classes=classes)
+
+
+def test_any_labels_are_classes_and_classes_fix_the_outputs():
+    X, y = _blobs(n_per_class=10)
+    names = np.array(["boot", "rope", "tent"])
+    head = DenseHead(hidden=(8,), epochs=20, learning_rate=1e-2).fit(X, names[y])
+    assert list(head.classes_) == ["boot", "rope", "tent"]
+    assert set(head.predict(X)) <= set(names) and head.score(X, names[y]) > 0.9
+    indexes = DenseHead(hidden=(8,), epochs=20, learning_rate=1e-2).fit(X, y - 1)  # negative labels are labels
+    assert list(indexes.classes_) == [-1, 0, 1] and indexes.score(X, y - 1) > 0.9
+    wide = DenseHead(hidden=(8,), epochs=1).fit(X, y, classes=range(5))  # a class the training split lacks
+    assert wide.predict_proba(X).shape == (len(X), 5) and list(wide.classes_) == [0, 1, 2, 3, 4]
+    with pytest.raises(InvalidArgumentError, match="validation labels holds the label 'hat'"):
+        DenseHead(epochs=1).fit(X, names[y], validation_data=(X, np.where(y == 0, "hat", names[y])))
 
 
 def test_non_finite_features_and_mismatched_validation_are_refused():
     X, y = _blobs(n_per_class=5)
     bad = X.copy()
     bad[4, 2] = np.nan
-    with pytest.raises(GearfeatError, match=r"features hold NaN or infinite values \(first in row 4\)"):
+    with pytest.raises(InvalidArgumentError, match=r"features hold NaN or infinite values \(first in row 4\)"):
         DenseHead(epochs=1).fit(bad, y)
-    with pytest.raises(GearfeatError, match="features hold NaN"):
+    with pytest.raises(InvalidArgumentError, match="features hold NaN"):
         DenseHead(epochs=1).fit(X, y, validation_data=(np.where(np.isnan(bad), np.inf, bad), y))
-    with pytest.raises(GearfeatError, match="validation_data does not match the training data: 10 features"):
+    with pytest.raises(InvalidArgumentError, match=f"validation_data has 10 features, but DenseHead is expecting "
+                                                   f"{X.shape[1]} features"):
         DenseHead(epochs=1).fit(X, y, validation_data=(X[:, :10], y))
-    with pytest.raises(GearfeatError, match="validation_data must be a pair"):
+    with pytest.raises(InvalidArgumentError, match="validation_data must be a pair"):
         DenseHead(epochs=1).fit(X, y, validation_data=X)
+    with pytest.raises(InvalidArgumentError, match="Reshape your data"):
+        DenseHead(epochs=1).fit(X[0], y[:1])
 
 
 def test_predicting_follows_scikit_learn_conventions():
@@ -97,11 +117,18 @@ def test_predicting_follows_scikit_learn_conventions():
         head.predict(X)
     head.fit(X, y)
     assert head.n_features_in_ == X.shape[1] and list(head.classes_) == [0, 1, 2]
-    with pytest.raises(GearfeatError, match=f"X has 10 features, but this head was fitted on {X.shape[1]}"):
+    with pytest.raises(InvalidArgumentError, match=f"X has 10 features, but DenseHead is expecting {X.shape[1]}"):
         head.predict(X[:, :10])
-    with pytest.raises(GearfeatError, match="features hold NaN"):
+    with pytest.raises(ValueError, match="features hold NaN"):  # an InvalidArgumentError is a ValueError too
         head.predict(np.full_like(X, np.nan))
     assert not hasattr(clone(head), "model_")
+
+
+@parametrize_with_checks([DenseHead(hidden=(16,), epochs=30, learning_rate=1e-2)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    """scikit-learn's own checks of a classifier: input validation, error types and messages, labels of any
+    type, cloning, pickling, fitting twice, predictions and probabilities that agree."""
+    check(estimator)
 
 
 def test_validation_logs_equal_keras_evaluate():
