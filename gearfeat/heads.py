@@ -91,14 +91,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.validate()
         X = _check_features(X)
         y = _check_labels(y, len(X))
-        classes = _check_classes(y, classes)
-        y = _class_indexes(classes, y, "y")
+        outputs = _check_classes(y, classes)
+        y = _class_indexes(outputs, y, "y")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise InvalidArgumentError("validation_data must be a pair (features, labels)")
             X_val = _check_width(_check_features(validation_data[0]), X.shape[1], "validation_data")
-            y_val = _class_indexes(classes, _check_labels(validation_data[1], len(X_val)), "validation labels")
-        self.classes_, self.n_features_in_ = classes, X.shape[1]
+            y_val = _class_indexes(outputs, _check_labels(validation_data[1], len(X_val)), "validation labels")
+        self.classes_, self.n_features_in_ = outputs, X.shape[1]
         keras.utils.set_random_seed(self.seed)
         self.model_ = self.build(X.shape[1], len(self.classes_))
         batch_size, epochs = int(self.batch_size), int(self.epochs)
