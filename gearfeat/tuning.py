@@ -414,6 +414,19 @@ def _dask(address: str) -> Iterator[dict[str, Any]]:
         yield {"backend": "dask", "client": client}
 
 
+def _check_dask_address(address: str) -> None:
+    """A malformed scheduler address (no port, unknown scheme) is refused before any work; whether the
+    scheduler answers is only known when the trials connect."""
+    from distributed.comm import get_address_host_port
+    if address.startswith("inproc://"):  # an in-process cluster of the caller's (Python API)
+        return
+    try:
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise GearfeatError(f"--address {address!r} is not a dask scheduler address ({exc}); give one such as "
+                            "tcp://10.0.0.5:8786") from None
+
+
 @contextmanager
 def _ray(address: str | None) -> Iterator[dict[str, Any]]:
     import ray
@@ -454,6 +467,7 @@ class Backend:
     address: str | None = None  #: what ``--address`` means for it (None: it takes none)
     address_required: bool = False
     streams: bool = True  #: joblib hands back each trial as it ends (Ray's backend: a call's trials all at the end)
+    check_address: Callable[[str], None] | None = None  #: refuses a malformed ``--address`` before any work
 
 
 BACKENDS: dict[str, Backend] = {
@@ -462,7 +476,7 @@ BACKENDS: dict[str, Backend] = {
     "threading": Backend(lambda address: _local("threading", address), lambda workers: None),
     "dask": Backend(_dask, lambda workers: 1, package="distributed",
                     address="the scheduler of a running dask.distributed cluster (e.g. tcp://10.0.0.5:8786)",
-                    address_required=True),
+                    address_required=True, check_address=_check_dask_address),
     "ray": Backend(_ray, lambda workers: 1, package="ray", address="a Ray cluster (default: 'auto')",
                    streams=False),
 }
@@ -485,6 +499,8 @@ def _backend(name: str, address: str | None) -> Backend:
         raise GearfeatError(f"--address is for the dask and ray backends, not {name}")
     if spec.address_required and not address:
         raise GearfeatError(f"--backend {name} needs --address, {spec.address}")
+    if address and spec.check_address:
+        spec.check_address(address)
     return spec
 
 

@@ -379,8 +379,12 @@ def test_cli_search_and_its_one_line_errors(shapes_dir, tmp_path, capsys, monkey
     with pytest.raises(SystemExit) as info:
         main([*base, "--trials", "many"])
     assert info.value.code == 2
+    capsys.readouterr()
     assert not (tmp_path / "o").exists()  # bad settings fail before any work
-    assert main([*base, "--backend", "dask", "--address", "notaurl"]) == 1
-    err = capsys.readouterr().err
-    assert err.endswith("gearfeat: error: cannot connect to the dask scheduler at notaurl: missing port number in "
-                        "address 'notaurl'\n") and "Traceback" not in err
+    for address, reason in (("notaurl", "missing port number in address 'notaurl'"),
+                            ("foo://h:1", "unknown address scheme 'foo'")):
+        assert main([*base, "--backend", "dask", "--address", address]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"gearfeat: error: --address {address!r} is not a dask scheduler address ({reason}")
+        assert err.endswith("give one such as tcp://10.0.0.5:8786\n") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before the extraction
