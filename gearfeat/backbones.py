@@ -1,9 +1,7 @@
 """A registry of the Keras Applications usable as frozen feature extractors (timm-style list/create)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +11,7 @@ import keras
 
 from .errors import GearfeatError, WeightsUnavailableError, first_line
 from .fileio import hash_file
+from .progress import keras_downloads
 
 A = keras.applications
 
@@ -152,7 +151,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
     if weights is None:
         keras.utils.set_random_seed(0)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Keras's download messages: stdout is for results
+        with keras_downloads():
             model = spec.factory(**kwargs)
     except ValueError as exc:
         raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import tarfile
 import time
 from collections.abc import Callable
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,6 +30,7 @@ from .extractor import ExtractorConfig, FeatureExtractor
 from .heads import DenseHead
 from .metrics import classification_metrics, max_abs_difference
 from .plots import plot_confusion, plot_history
+from .progress import keras_downloads
 from .stitch import load_model, save_model, stitch
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -273,10 +272,10 @@ def _read_batch(source: Path, name: str, open_batch) -> tuple[np.ndarray, np.nda
 
 
 def _from_keras() -> Arrays:
-    """CIFAR-10 through ``keras.datasets`` (downloaded once); its "Downloading data from ..." line and
-    progress bar go to stderr, with gearfeat's own messages, not to stdout."""
+    """CIFAR-10 through ``keras.datasets`` (downloaded once); its download messages go to stderr, with
+    gearfeat's own, not to stdout (:func:`keras_downloads`)."""
     try:
-        with redirect_stdout(sys.stderr):
+        with keras_downloads():
             return keras.datasets.cifar10.load_data()
     except Exception as exc:  # Keras raises a bare Exception for a failed fetch; every failure is one line
         message = first_line(exc)

@@ -1,8 +1,13 @@
-"""A small dependency-free progress bar: count, rate and time left, on stderr."""
+"""Progress on stderr: a small dependency-free progress bar (count, rate and time left), and Keras's
+download messages moved off stdout."""
 from __future__ import annotations
 
+import io
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from typing import IO
 
 
 class Progress:
@@ -54,3 +59,44 @@ def _clock(seconds: float) -> str:
         return "--:--"
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes:d}:{secs:02d}"
+
+
+@contextmanager
+def keras_downloads() -> Iterator[None]:
+    """Send what Keras prints while it fetches a file ("Downloading data from URL", then a progress bar) to
+    stderr: stdout is for results. The first line waits until the progress bar starts or the block ends
+    well, so a download that fails at once (offline) leaves only gearfeat's one-line error."""
+    held = _HeldFirstLine(sys.stderr)
+    with redirect_stdout(held):
+        yield
+    held.release()
+
+
+class _HeldFirstLine(io.TextIOBase):
+    """A text stream that passes everything to ``target`` once more than one line was written (or on
+    :meth:`release`), and until then holds it."""
+
+    def __init__(self, target: IO[str]):
+        self.target, self.held, self.passing = target, "", False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.target.write(text)
+        self.held += text
+        if self.held.partition("\n")[2]:  # something after the first line: the download is under way
+            self.release()
+        return len(text)
+
+    def release(self) -> None:
+        self.passing = True
+        if self.held:
+            self.target.write(self.held)
+            self.held = ""
+        self.target.flush()
+
+    def flush(self) -> None:
+        if self.passing:
+            self.target.flush()

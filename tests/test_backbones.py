@@ -49,7 +49,25 @@ def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch, capsys
         create_backbone("mobilenet_v2", weights="imagenet", input_size=96, alpha=0.35)
     message = str(info.value)
     assert "\n" not in message and "--weights PATH" in message and "mobilenet_v2" in message
-    assert capsys.readouterr().out == ""  # Keras's download message goes to stderr: stdout is for results
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""  # Keras's "Downloading data from" line is dropped: the error says it all
+
+
+def test_keras_download_messages_reach_stderr_as_the_download_goes(capsys):
+    from gearfeat.progress import keras_downloads
+    with keras_downloads():  # a download that works: its line and progress bar, on stderr as they come
+        print("Downloading data from https://example.invalid/w.h5")
+        assert capsys.readouterr().err == ""  # held: the download may still fail at once
+        print("\r 1/10 [==>....]", end="")
+        assert capsys.readouterr().err == "Downloading data from https://example.invalid/w.h5\n\r 1/10 [==>....]"
+    with keras_downloads():  # a file Keras had already: its line comes when the block ends well
+        print("Downloading data from https://example.invalid/x.h5")
+    assert capsys.readouterr() == ("", "Downloading data from https://example.invalid/x.h5\n")
+    with pytest.raises(OSError), keras_downloads():  # failing midway: what was shown stays shown
+        print("Downloading data from https://example.invalid/y.h5")
+        print("\r 5/10", end="")
+        raise OSError("connection reset")
+    assert capsys.readouterr() == ("", "Downloading data from https://example.invalid/y.h5\n\r 5/10")
 
 
 def test_bad_input_size_is_one_line_error():
