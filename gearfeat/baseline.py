@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -9,6 +10,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from .errors import GearfeatError, check_seed, is_real
+from .runs import RunDir
+
+BASELINE_FILE = "baseline.joblib"
+"""Where a train or search run keeps its fitted baseline."""
 
 BASELINES = {
     "logreg": lambda C, seed: LogisticRegression(C=C, max_iter=3000, random_state=seed),
@@ -31,3 +36,9 @@ def make_baseline(kind: str = "logreg", C: float = 1.0, seed: int = 0) -> Pipeli
     check_baseline(kind, C)
     check_seed(seed)
     return make_pipeline(StandardScaler(), BASELINES[kind](float(C), seed))
+
+
+def load_baseline(run_dir: str | os.PathLike) -> Pipeline:
+    """The fitted baseline of a ``train`` or ``search`` run, for features extracted with the run's settings.
+    Loaded only if its bytes match the sha256 that run recorded in ``manifest.json`` (unpickling runs code)."""
+    return RunDir(run_dir).load_joblib(BASELINE_FILE)

@@ -28,8 +28,8 @@ def _log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ option groups
-def add_extractor_options(parser: argparse.ArgumentParser) -> None:
-    """Options that determine the features (and so the cache file)."""
+def add_extractor_options(parser: argparse.ArgumentParser, *, cache_default: str = "./cache") -> None:
+    """Options that determine the features (and so the cache file); ``cache_default`` is for the help text."""
     g = parser.add_argument_group("backbone and cache")
     g.add_argument("--backbone", default="mobilenet_v2", help="Keras Application name (see `gearfeat backbones`)")
     g.add_argument("--alpha", type=float, default=None, help="width multiplier of the MobileNets")
@@ -38,7 +38,7 @@ def add_extractor_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=128, help="standardized square image size (default 128)")
     g.add_argument("--backbone-size", type=int, default=None,
                    help="size the first Lambda layer upscales to (default: the backbone's native size)")
-    g.add_argument("--cache-dir", default="cache", help="feature cache folder (default ./cache)")
+    g.add_argument("--cache-dir", default="cache", help=f"feature cache folder (default {cache_default})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for everything the demo writes")
     p.add_argument("--per-class", type=int, default=PER_CLASS, help=f"images drawn per shape ({PER_CLASS})")
     p.add_argument("--new-images", type=int, default=NEW_IMAGES, help=f"new images to predict ({NEW_IMAGES})")
-    add_extractor_options(p)
+    add_extractor_options(p, cache_default="OUT/cache")
     add_head_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the drawing, the split and the training")
     p.set_defaults(run=cmd_demo, backbone=DEMO_CONFIG.backbone, image_size=DEMO_CONFIG.image_size, cache_dir=None)
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_cnn)
 
     p = sub.add_parser("finetune", help="unfreeze the top of a transfer run's backbone and train end to end")
-    p.add_argument("run_dir", help="the --out folder of a `gearfeat train` run")
+    p.add_argument("run_dir", help="the --out folder of a `gearfeat train`, `search` or `finetune` run")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--unfreeze", type=int, required=True,
                    help="how many top backbone layers to train (batch normalization stays frozen)")

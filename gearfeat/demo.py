@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backbones import create_backbone
+from .baseline import BASELINE_FILE
 from .errors import GearfeatError, WeightsUnavailableError, is_int
 from .extractor import ExtractorConfig
 from .heads import DenseHead
@@ -51,7 +52,7 @@ class DemoResult:
         return [("generated dataset", self.data_dir), ("new images", self.predictions_png.parent / "new_images"),
                 ("feature cache", Path(self.train.extraction.cache_path)), ("model", run / "model.h5"),
                 ("metrics", run / "metrics.json"), ("loss curves", run / "loss.png"),
-                ("confusion matrix", run / "confusion.png"), ("baseline", run / "baseline.joblib"),
+                ("confusion matrix", run / "confusion.png"), ("baseline", run / BASELINE_FILE),
                 ("run record", run / "run.json"), ("predictions figure", self.predictions_png),
                 ("report", self.report)]
 

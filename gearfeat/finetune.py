@@ -100,7 +100,7 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     info = source.read_json("run.json")
     if info.get("command") not in _SOURCE_COMMANDS:
         raise GearfeatError(f"{source.path} is a `gearfeat {info.get('command')}` run; finetune starts from "
-                            "a `gearfeat train` or `gearfeat search` run (a stitched transfer model)")
+                            "a `gearfeat train`, `search` or `finetune` run (a stitched transfer model)")
     model = load_model(source / "model.h5")
     classes = info["class_names"]
     if model.output_shape[-1] != len(classes):

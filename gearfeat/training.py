@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .baseline import check_baseline, make_baseline
+from .baseline import BASELINE_FILE, check_baseline, make_baseline
 from .dataset import Dataset, check_fractions, scan_dataset, split_dataset, write_skipped
 from .errors import GearfeatError, check_seed
 from .extractor import ExtractorConfig, Extraction, FeatureExtractor
@@ -170,7 +170,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     run.record("loss.png")
     plot_confusion(y[test_idx], head_pred, names, run / "confusion.png")
     run.record("confusion.png")
-    run.save_joblib(base, "baseline.joblib")
+    run.save_joblib(base, BASELINE_FILE)
     write_skipped(extraction.skipped, run / "skipped.json")
     run.record("skipped.json")
     run.write_json("run.json", {

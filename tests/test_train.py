@@ -82,13 +82,14 @@ def test_stitched_model_loads_in_safe_mode_in_a_fresh_process(run, shapes_dir):
 
 
 def test_baseline_joblib_is_verified_before_loading(run, tmp_path):
-    folder = RunDir(run.run_dir)
-    assert folder.load_joblib("baseline.joblib").predict(np.zeros((1, 1280), np.float32)).shape == (1,)
+    import gearfeat
+    baseline = gearfeat.load_baseline(run.run_dir)
+    assert baseline.predict(np.zeros((1, 1280), np.float32)).shape == (1,)
     import shutil
     copy = RunDir(shutil.copytree(run.run_dir, tmp_path / "copy"))
     (copy / "baseline.joblib").write_bytes((copy / "baseline.joblib").read_bytes() + b"\x00")
     with pytest.raises(GearfeatError, match="sha256 does not match"):
-        copy.load_joblib("baseline.joblib")
+        gearfeat.load_baseline(copy.path)
     with pytest.raises(GearfeatError, match="not recorded"):
         copy.load_joblib("other.joblib")
 
