@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import tensorflow as tf
+from PIL import Image
 
 from .errors import GearfeatError, first_line
 
@@ -352,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     with warnings.catch_warnings(), sigterm_interrupts():
         warnings.showwarning = _show_warning
+        # an image over Pillow's pixel limit is skipped with its own line (images.decode_image); Pillow's
+        # warning about it would be a second line without the file's name
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         try:
             return run(args)
         except GearfeatError as exc:
