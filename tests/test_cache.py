@@ -62,6 +62,21 @@ def test_rows_past_the_committed_count_are_ignored(tmp_path):
         np.testing.assert_array_equal(cache.read(hashes), feats)
 
 
+def test_a_cache_killed_before_its_first_commit_is_empty_not_damaged(tmp_path):
+    hashes, feats = _rows(4)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 4, ["a"] * 4)
+    path = FeatureCache.path_for(tmp_path, ATTRS)
+    with h5py.File(path, "a") as f:  # rows written, the counter not yet
+        f.attrs["n_rows"] = 0
+    messages = []
+    with FeatureCache.open(tmp_path, ATTRS, log=messages.append) as cache:
+        assert len(cache) == 0 and hashes[0] not in cache
+        cache.append(hashes, feats, ["p"] * 4, ["a"] * 4)
+        np.testing.assert_array_equal(cache.read(hashes), feats)
+    assert messages == [] and not list(tmp_path.glob("*.corrupt"))  # no false "failed verification"
+
+
 @pytest.mark.parametrize("damage", ["flip_feature", "truncate", "garbage"])
 def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys):
     hashes, feats = _rows(300, dim=8)

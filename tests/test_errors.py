@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gearfeat._startup import held_startup_logs
@@ -35,3 +36,12 @@ def test_a_command_error_is_the_only_line_on_stderr(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"gearfeat: error: model file not found: {missing}"]
+
+
+def test_seeds_cover_the_whole_range_keras_and_numpy_take():
+    from gearfeat.errors import MAX_SEED, InvalidArgumentError, check_seed
+    for seed in (0, MAX_SEED, np.uint32(MAX_SEED)):
+        check_seed(seed)
+    for seed in (-1, MAX_SEED + 1, 1.0, True, "1"):
+        with pytest.raises(InvalidArgumentError, match=f"seed must be an integer from 0 to {MAX_SEED}, got"):
+            check_seed(seed)

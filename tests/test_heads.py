@@ -52,7 +52,9 @@ def test_early_stopping_restores_the_best_epoch():
 @pytest.mark.parametrize("param", [{"batch_size": 0}, {"epochs": 0}, {"dropout": 1.0}, {"hidden": None},
                                    {"hidden": 256}, {"hidden": (True,)}, {"dropout": None}, {"l2": "0.1"},
                                    {"learning_rate": True}, {"batch_norm": "no"}, {"batch_size": 2.9},
-                                   {"epochs": True}, {"patience": 1.5}, {"verbose": "loud"}])
+                                   {"epochs": True}, {"patience": 1.5}, {"verbose": "loud"},
+                                   {"l2": float("inf")}, {"l2": -1.0}, {"learning_rate": 0.0},
+                                   {"learning_rate": float("inf")}, {"patience": -1}, {"dropout": -0.1}])
 def test_invalid_parameters_are_named(param):
     X, y = _blobs(n_per_class=5)
     name, value = next(iter(param.items()))
@@ -75,6 +77,13 @@ def test_bad_labels_are_refused_not_truncated(labels, classes, message):
     X, y = _blobs(n_per_class=5)
     with pytest.raises(InvalidArgumentError, match=message):
         DenseHead(epochs=1).fit(X, labels(y), classes=classes)
+
+
+def test_patience_zero_stops_at_the_first_epoch_without_improvement():
+    X, y = _blobs(n_per_class=5)
+    X_val, y_val = X, np.random.default_rng(3).permutation(y)  # wrong labels: validation gets worse early
+    head = DenseHead(hidden=(8,), epochs=30, patience=0).fit(X, y, validation_data=(X_val, y_val))
+    assert len(head.history_["loss"]) == head.best_epoch_ + 1 < 30
 
 
 def test_any_labels_are_classes_and_classes_fix_the_outputs():

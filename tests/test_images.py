@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from gearfeat.errors import GearfeatError, ImageError
-from gearfeat.images import IMAGE_EXTENSIONS, check_image_size, decode_image, load_image, standardize
+from gearfeat.images import (IMAGE_EXTENSIONS, STANDARDIZE_VERSION, check_image_size, decode_image, load_image,
+                             standardize)
 
 SIZE = 32
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -56,6 +57,25 @@ def test_image_size_check_names_the_option_and_gives_an_int():
         check_image_size(7)
     with pytest.raises(GearfeatError, match=r"^--backbone-size must be an integer from 8 to 4096, got True$"):
         check_image_size(True, "--backbone-size")
+    assert check_image_size(8) == 8 and check_image_size(4096) == 4096  # both ends are in the range
+    with pytest.raises(GearfeatError, match="got 4097$"):
+        check_image_size(4097)
+
+
+def test_resizing_is_bicubic_as_the_cache_version_records():
+    """The resampling decides every feature: changing it must come with a new STANDARDIZE_VERSION (part of
+    the cache key), or caches made with the old one would be reused."""
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 160, 3), np.uint8))
+    out = decode_image(encode(source, "PNG"), SIZE)
+    top = int(np.argmax((out != 255).any(axis=(1, 2))))  # the first row of the picture on its white square
+    height = int((out != 255).any(axis=(1, 2)).sum())
+
+    def resized(method):
+        return np.array(source.resize((SIZE, height), method, reducing_gap=3.0))
+
+    band = out[top:top + height]
+    assert np.array_equal(band, resized(Image.Resampling.BICUBIC)) and STANDARDIZE_VERSION == 1
+    assert not np.array_equal(band, resized(Image.Resampling.BILINEAR))
 
 
 def test_wide_image_is_scaled_to_longer_side_and_centred_on_white():
@@ -113,7 +133,7 @@ def test_16bit_grey_png_keeps_mid_grey():
 
 
 @pytest.mark.parametrize("mode, value, expected",
-                         [("I", 1000, 4), ("I", 100, 100), ("F", 0.5, 128), ("F", 200.0, 200)])
+                         [("I", 1000, 4), ("I", 100, 100), ("F", 0.5, 128), ("F", 1.0, 255), ("F", 200.0, 200)])
 def test_32bit_modes_scaled_by_the_range_they_use(mode, value, expected):
     assert (standardize(Image.new(mode, (4, 4), value), SIZE) == expected).all()
 
@@ -223,12 +243,18 @@ def test_decompression_bomb_refused_from_declared_size():
         "(decompression bomb?)")
 
 
+def test_an_image_of_exactly_the_pixel_limit_is_allowed(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1600)
+    image = Image.new("RGB", (40, 40), RED)
+    assert (decode_image(encode(image, "PNG"), SIZE) == RED).all()
+
+
 def test_bomb_between_pillow_warning_and_error_is_refused_too(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     data = png_header(40, 40)  # 1600 pixels: Pillow would only warn; no pixel data to decode
     expected = ("image too large: declared 40x40 pixels exceeds the 1000-pixel safety limit "
                 "(decompression bomb?)")
-    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own, also shown to users
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's own (the CLI hides it: the skip line says it)
         assert reason_for(data) == expected
     with warnings.catch_warnings():
         warnings.simplefilter("error")

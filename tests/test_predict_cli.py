@@ -10,6 +10,7 @@ from PIL import Image
 
 from gearfeat import prediction
 from gearfeat.cli import main
+from gearfeat.images import load_image
 from gearfeat.stitch import save_model
 
 
@@ -183,3 +184,15 @@ def test_saving_and_predicting_check_their_arguments(model_path, tmp_path):
     assert not list(tmp_path.glob(".*.tmp.h5"))  # no temporary file left behind
     [one] = prediction.Predictor.from_file(model_path).predict(str(_image(tmp_path)))  # one path, one image
     assert one.error is None and one.label in ("cat", "dog")
+    for names in (["a", "b"], ["a", "b", "c", "d"]):
+        with pytest.raises(GearfeatError, match=f"model has 3 outputs but {len(names)} class names"):
+            prediction.Predictor(model, names)
+
+
+def test_the_label_is_the_most_probable_class(model_path, tmp_path):
+    predictor = prediction.Predictor.from_file(model_path)
+    image = _image(tmp_path)
+    [result] = predictor.predict([image])
+    probabilities = predictor.model.predict(load_image(image, predictor.image_size)[None], verbose=0)[0]
+    assert result.label == predictor.class_names[int(np.argmax(probabilities))]
+    assert result.confidence == pytest.approx(float(probabilities.max()), abs=1e-6)

@@ -434,6 +434,13 @@ def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_pat
     assert sorted(again.manifest()) == ["metrics.json"] and not (earlier.path / "history.json").exists()
     (earlier.path / "manifest.json").write_text("[not, json")
     assert RunDir(earlier.path, create=True).manifest() == {}  # a damaged manifest is no earlier run
+    (earlier.path / "manifest.json").write_text('["notes.txt"]')  # JSON, but not a manifest: no earlier run
+    edited = RunDir(earlier.path, create=True, log=messages.append)
+    assert edited.manifest() == {}
+    edited.write_json("run.json", {})
+    assert (earlier.path / "notes.txt").read_text() == "the user's own file"
+    with pytest.raises(GearfeatError, match="not recorded"):
+        edited.load_joblib("notes.txt")
 
 
 def unpickling_calls(source: str) -> list[int]:

@@ -194,6 +194,19 @@ def test_trials_are_deterministic_and_ranked(blobs):
     assert keys == sorted(keys)
 
 
+def test_a_trial_trains_with_the_runs_seed_as_the_retrained_winner_does(blobs):
+    """A trial's score is the score of the head the run retrains: same parameters, same seed, same data."""
+    from sklearn.metrics import log_loss
+
+    from gearfeat.tuning import run_trial
+    X_train, y_train, X_val, y_val = blobs
+    params = {"hidden": [8], "epochs": 3, "dropout": 0.5}
+    trial = run_trial(params, *blobs, 3, seed=5)
+    head = DenseHead(**params, seed=5).fit(X_train, y_train, validation_data=(X_val, y_val), classes=range(3))
+    assert trial["val_loss"] == pytest.approx(log_loss(y_val, head.predict_proba(X_val), labels=range(3)), rel=1e-6)
+    assert run_trial(params, *blobs, 3, seed=6)["val_loss"] != trial["val_loss"]
+
+
 def test_backend_errors_are_one_line(blobs, monkeypatch):
     with pytest.raises(GearfeatError, match="unknown backend 'mpi'; choose one of: loky, threading, dask, ray"):
         run_trials([{}], *blobs, backend="mpi", **quiet)
