@@ -32,14 +32,9 @@ class RunDir:
         self.path = Path(path)
         self._log = log
         self._earlier: set[str] | None = None  # a created folder's earlier run, until this run's first write
+        self._to_create = create  # made at the first write: a run that fails before it leaves no empty folder
         if create:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:
-                raise GearfeatError(f"cannot create run folder {self.path}: a file of that name is in the way; "
-                                    "pass another --out") from None
-            except OSError as exc:
-                raise GearfeatError(f"cannot create run folder {self.path}: {exc.strerror}") from None
+            _check_creatable(self.path)  # now, not after a long extraction
             self._earlier = set(self.manifest())
         elif not (self.path / MANIFEST).is_file():
             raise GearfeatError(f"{self.path} is not a gearfeat run folder (no {MANIFEST}); pass the --out "
@@ -51,7 +46,14 @@ class RunDir:
         return self.path / name
 
     def _clear_earlier_run(self, written: str | None = None) -> None:
-        """Remove the earlier run's files (but ``written``, just written by this run) and its manifest, once."""
+        """Create the folder, or remove the earlier run's files in it (but ``written``, just written by this
+        run) and its manifest, once."""
+        if self._to_create:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise GearfeatError(f"cannot create run folder {self.path}: {exc.strerror}") from None
+            self._to_create = False
         earlier, self._earlier = self._earlier, None
         if not earlier:
             return
@@ -113,3 +115,15 @@ class RunDir:
             raise GearfeatError(f"refusing to load {path}: its sha256 does not match the one recorded when it "
                                 "was written (modified or replaced?)")
         return joblib.load(path)
+
+
+def _check_creatable(path: Path) -> None:
+    """Raise a GearfeatError unless ``path`` is a writable folder or one that can be created."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        in_the_way = "a file of that name" if existing == path else f"the file {existing}"
+        raise GearfeatError(f"cannot create run folder {path}: {in_the_way} is in the way; pass another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GearfeatError(f"cannot create run folder {path}: permission denied in {existing}; pass another --out")

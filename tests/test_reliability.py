@@ -410,6 +410,17 @@ def test_planted_joblib_is_refused_before_it_can_run(tmp_path):
 
 
 
+def test_a_run_folder_is_checked_at_once_and_made_at_the_first_write(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "a" / "b", create=True)
+    assert not (tmp_path / "a").exists()
+    run.write_json("run.json", {})
+    assert (tmp_path / "a" / "b" / "run.json").is_file()
+    monkeypatch.setattr("gearfeat.runs.os.access", lambda path, mode: False)  # as a read-only folder (not root)
+    with pytest.raises(GearfeatError, match=f"cannot create run folder .*c: permission denied in {tmp_path}; pass "
+                                            "another --out"):
+        RunDir(tmp_path / "c", create=True)
+
+
 def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_path):
     earlier = RunDir(tmp_path / "run", create=True, log=lambda m: None)
     earlier.write_json("run.json", {"command": "search"})

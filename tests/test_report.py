@@ -33,7 +33,7 @@ def _fake_run(source: Path, folder: Path, command: str, accuracy: float, **metri
     real = json.loads((source / "metrics.json").read_text())
     run = RunDir(folder, create=True)
     for name in ("loss.png", "confusion.png"):
-        shutil.copyfile(source / name, folder / name)
+        shutil.copyfile(source / name, run / name)
         run.record(name)
     run.write_json("metrics.json", {"test_accuracy": accuracy, "test_loss": 0.5, "val_accuracy": 0.5,
                                     "val_loss": 0.6, **metrics, "per_class": real["per_class"],

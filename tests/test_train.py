@@ -141,6 +141,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path), *TINY_ARGS, "--out", str(tmp_path / "taken")]) == 1
     assert capsys.readouterr().err == (f"gearfeat: error: cannot create run folder {tmp_path / 'taken'}: a file of "
                                        "that name is in the way; pass another --out\n")
+    assert main(["train", str(tmp_path), *TINY_ARGS, "--out", str(tmp_path / "taken" / "run")]) == 1
+    assert capsys.readouterr().err == (f"gearfeat: error: cannot create run folder {tmp_path / 'taken' / 'run'}: "
+                                       f"the file {tmp_path / 'taken'} is in the way; pass another --out\n")
+    assert main(["train", str(tmp_path / "no data"), *TINY_ARGS, "--out", str(tmp_path / "new" / "run")]) == 1
+    assert "no data" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # a run that fails before writing leaves no empty folder behind
     with pytest.raises(SystemExit) as info:
         main(["train", "data", "--backbone", "mobilenet_v2"])  # --out missing: argparse usage error
     assert info.value.code == 2
