@@ -561,8 +561,13 @@ def rank_trials(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def parameter_influence(trials: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """For each parameter that varied, the share of the validation accuracy's variance its values explain
-    (the correlation ratio eta squared) over the trials it applies to; ``model`` compares the models."""
+    """For each parameter that varied, the share of the validation accuracy's variance its values explain over
+    the trials it applies to (``model`` compares the models), most influential first.
+
+    The share is omega squared, clipped at 0: eta squared corrected for the number of values. Uncorrected,
+    a parameter whose values all differ "explains" 100 % of any noise, so a parameter is ranked only when some
+    of its values were tried more than once (more trials than values).
+    """
     values: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for t in trials:
         for name, value in {"model": t["model"], **t["params"]}.items():
@@ -572,12 +577,28 @@ def parameter_influence(trials: Sequence[Mapping[str, Any]]) -> dict[str, float]
         groups: dict[str, list[float]] = defaultdict(list)
         for key, accuracy in pairs:
             groups[key].append(accuracy)
+        n, k = len(pairs), len(groups)
+        if k < 2 or n <= k:
+            continue
         accuracies = np.array([a for _, a in pairs])
         total = float(((accuracies - accuracies.mean()) ** 2).sum())
-        if len(groups) > 1 and len(pairs) > 2:
-            between = sum(len(g) * (np.mean(g) - accuracies.mean()) ** 2 for g in groups.values())
-            influence[name] = float(between / total) if total > 0 else 0.0
+        between = sum(len(g) * (np.mean(g) - accuracies.mean()) ** 2 for g in groups.values())
+        within_mean_square = (total - between) / (n - k)
+        omega = (between - (k - 1) * within_mean_square) / (total + within_mean_square) if total > 0 else 0.0
+        influence[name] = max(0.0, float(omega))
     return dict(sorted(influence.items(), key=lambda item: -item[1]))
+
+
+def _influence_line(trials: Sequence[Mapping[str, Any]], influence: Mapping[str, float]) -> str | None:
+    """What the leaderboard and the figure say about the parameters: the most influential, or why none is named."""
+    if influence:
+        name, share = next(iter(influence.items()))
+        return f"`{name}` explains about {share:.0%} of the variance of validation accuracy"
+    keys = {key for t in trials for key in t["params"]}
+    varied = any(len({json.dumps(t["params"].get(key)) for t in trials}) > 1 for key in keys)
+    if varied or len({t["model"] for t in trials}) > 1:
+        return "too few trials per value to tell which parameter matters most"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -708,9 +729,10 @@ def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Ma
         f"{metrics['baseline_test_accuracy']:.4f}). These are the only uses of the test split, one per model.", "",
     ]
     if influence:
-        name, share = next(iter(influence.items()))
-        lines += [f"Most influential parameter: `{name}` (explains {share:.0%} of the variance of validation "
-                  "accuracy over the trials it applies to).", ""]
+        lines += [f"Most influential parameter: {_influence_line(board, influence)} over the trials it applies "
+                  "to (omega squared).", ""]
+    elif _influence_line(board, influence):
+        lines += [f"Most influential parameter: none named, {_influence_line(board, influence)}.", ""]
     lines += ["| rank | trial | model | val accuracy | val loss | epochs | seconds | parameters |",
               "|---:|---:|---|---:|---:|---:|---:|---|"]
     for t in board:
@@ -744,9 +766,10 @@ def plot_search(trials: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     if influence:
         name, share = next(iter(influence.items()))
         _plot_by_value(right, trials, name)
-        right.set_title(f"By {name} (explains {share:.0%} of the variance)")
+        right.set_title(f"By {name} (explains about {share:.0%} of the variance)")
     else:
-        right.text(0.5, 0.5, "no parameter varied", ha="center", va="center", transform=right.transAxes)
+        right.text(0.5, 0.5, _influence_line(trials, influence) or "no parameter varied", ha="center",
+                   va="center", transform=right.transAxes)
         right.set_axis_off()
     return save_figure(fig, path)
 

@@ -173,6 +173,11 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
     assert Image.open(plot_search(rows, tmp_path / "search.png")).size[0] > 500
     assert parameter_influence(rows[:1]) == {}
     assert Image.open(plot_search(rows[:1], tmp_path / "one.png")).size[0] > 500
+    noise = [{**row, "val_accuracy": 0.9 + 0.001 * i} for i, row in enumerate(rows)]
+    assert max(parameter_influence(noise).values()) < 0.1  # a trend over trials, not the values: eta squared said 0.19
+    distinct = [{**row, "params": {"learning_rate": 10.0 ** -i}} for i, row in enumerate(rows[:3])]
+    assert parameter_influence(distinct) == {}  # each value once: eta squared would say 100 %
+    assert tuning._influence_line(distinct, {}) == "too few trials per value to tell which parameter matters most"
 
 
 # ------------------------------------------------------------------------------------------ trials
