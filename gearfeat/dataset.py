@@ -57,7 +57,7 @@ class Skipped:
         return {"path": self.path, "reason": self.reason}
 
 
-@dataclass
+@dataclass(repr=False)
 class Dataset:
     """Image records with their class names, and the files left out."""
 
@@ -65,6 +65,10 @@ class Dataset:
     class_names: list[str]
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"Dataset(root={str(self.root)!r}, classes={len(self.class_names)}, images={len(self.records)}, "
+                f"skipped={len(self.skipped)})")
 
     def without(self, bad: Iterable[Skipped]) -> Dataset:
         """A copy without the records whose path is in ``bad``; ``bad`` is added to ``skipped``."""

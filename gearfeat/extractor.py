@@ -96,7 +96,7 @@ def build_extractor(config: ExtractorConfig) -> keras.Model:
     return keras.Model(inputs, features, name=f"{config.backbone}_extractor")
 
 
-@dataclass
+@dataclass(repr=False)
 class Extraction:
     """The result of :func:`extract`: features aligned with ``dataset.records``."""
 
@@ -108,6 +108,11 @@ class Extraction:
     seconds: float
     skipped: list[Skipped] = field(default_factory=list)
     extractor: "FeatureExtractor | None" = None
+
+    def __repr__(self) -> str:
+        return (f"Extraction(features={self.features.shape}, cache_path={str(self.cache_path)!r}, "
+                f"computed={self.computed}, reused={self.reused}, skipped={len(self.skipped)}, "
+                f"seconds={self.seconds:.1f})")
 
 
 class FeatureExtractor:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
 
 from .baseline import BASELINE_FILE, check_baseline, make_baseline
 from .dataset import Dataset, check_fractions, scan_dataset, split_dataset, write_skipped
@@ -47,14 +49,31 @@ class SplitConfig:
                                     "to stop early, test to measure); pass a fraction above 0")
 
 
-@dataclass
+@dataclass(repr=False)
+class FittedRun:
+    """What :func:`fit_and_save` fitted and measured: the metrics, the head and the baseline."""
+
+    metrics: dict
+    head: DenseHead
+    baseline: Pipeline
+
+
+@dataclass(repr=False)
 class TrainResult:
-    """What ``train`` produced: the run folder and its headline figures."""
+    """What ``train`` produced: the run folder, its headline figures and the fitted head and baseline (the
+    head is a clone of the one passed in, which is left as it was)."""
 
     run_dir: Path
     metrics: dict
     extraction: Extraction
+    head: DenseHead
+    baseline: Pipeline
     skipped: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"TrainResult(run_dir={str(self.run_dir)!r}, test_accuracy={self.metrics['test_accuracy']:.4f}, "
+                f"baseline_test_accuracy={self.metrics['baseline_test_accuracy']:.4f}, "
+                f"images={len(self.extraction.dataset.records)}, skipped={len(self.skipped)})")
 
 
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
@@ -96,9 +115,9 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: Extrac
     extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
-    metrics = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
-                           baseline_c=baseline_c, started=started, log=log)
-    return TrainResult(run.path, metrics, extraction, extraction.skipped)
+    fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
+                          baseline_c=baseline_c, started=started, log=log)
+    return TrainResult(run.path, fitted.metrics, extraction, fitted.head, fitted.baseline, extraction.skipped)
 
 
 def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHead | None = None) -> None:
@@ -115,13 +134,14 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHe
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", extra: dict | None = None,
-                 log: Callable[[str], None] = print) -> dict:
-    """Train ``head`` and the baseline on the train split, test each once, stitch, and write the run folder.
+                 log: Callable[[str], None] = print) -> FittedRun:
+    """Train a clone of ``head`` and the baseline on the train split, test each once, stitch, and write the run
+    folder.
 
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
     ``baseline.joblib``, ``skipped.json`` and ``run.json`` (``command``, settings, sizes, wall times, and
-    ``extra``). Returns the metrics.
+    ``extra``).
     """
     started = time.perf_counter() if started is None else started
     config = extraction.extractor.config
@@ -132,8 +152,9 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     t0 = time.perf_counter()
     if head.seed not in (0, split.seed):
         warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
-                      "seeds the split and the training)", stacklevel=2)
-    head.set_params(seed=split.seed).fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
+                      "seeds the split and the training)", stacklevel=3)  # the line that called train or search
+    head = clone(head).set_params(seed=split.seed)
+    head.fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
                                          classes=range(len(dataset.class_names)))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -195,7 +216,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     })
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
-    return metrics
+    return FittedRun(metrics, head, base)
 
 
 def _stitch_check(model, dataset: Dataset, indexes: np.ndarray, head_proba: np.ndarray, image_size: int) -> float:

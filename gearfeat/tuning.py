@@ -602,20 +602,28 @@ def _influence_line(trials: Sequence[Mapping[str, Any]], influence: Mapping[str,
 
 
 # ------------------------------------------------------------------------------------------ the command
-@dataclass
+@dataclass(repr=False)
 class SearchResult:
-    """What :func:`search` produced: the run folder, every trial, the leaderboard (best first) and the metrics
-    of the retrained winner."""
+    """What :func:`search` produced: the run folder, every trial, the leaderboard (best first), the metrics of
+    the retrained models and the models themselves (the best dense head, in ``model.h5``, and the best
+    baseline)."""
 
     run_dir: Path
     trials: list[dict[str, Any]]
     leaderboard: list[dict[str, Any]]
     metrics: dict[str, Any]
     skipped: list[Skipped]
+    head: DenseHead
+    baseline: Any
 
     @property
     def best(self) -> dict[str, Any]:
+        """The first trial of the leaderboard, of any model (a baseline may beat every dense head)."""
         return self.leaderboard[0]
+
+    def __repr__(self) -> str:
+        return (f"SearchResult(run_dir={str(self.run_dir)!r}, trials={len(self.trials)}, best_trial="
+                f"{self.best['trial']} ({self.best['model']}), test_accuracy={self.metrics['test_accuracy']:.4f})")
 
 
 def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -671,9 +679,10 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     kept_baseline = f"{_kept(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
     log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
         f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
-    metrics = fit_and_save(run, extraction, parts, head=DenseHead(**(best_head["params"] if best_head else {})),
-                           split=split, baseline=baseline, baseline_c=baseline_c, started=started,
-                           command="search", extra={"search": info}, log=log)
+    fitted = fit_and_save(run, extraction, parts, head=DenseHead(**(best_head["params"] if best_head else {})),
+                          split=split, baseline=baseline, baseline_c=baseline_c, started=started,
+                          command="search", extra={"search": info}, log=log)
+    metrics = fitted.metrics
     winner = board[0]
     test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"
     metrics["winner"] = {"trial": winner["trial"], "model": winner["model"], "params": winner["params"],
@@ -683,7 +692,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     _write_leaderboard(run, board, info, influence, metrics, kept_baseline)
     plot_search(trials, run / "search.png", influence)
     run.record("search.png")
-    return SearchResult(run.path, trials, board, metrics, extraction.skipped)
+    return SearchResult(run.path, trials, board, metrics, extraction.skipped, fitted.head, fitted.baseline)
 
 
 # ------------------------------------------------------------------------------------------ results

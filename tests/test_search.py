@@ -346,6 +346,9 @@ def test_search_writes_a_train_run_plus_the_trials(searched):
     assert run["command"] == "search" and run["search"]["trials"] == 4 and run["search"]["strategy"] == "grid"
     best_dense = next(t for t in result.leaderboard if t["model"] == "dense")
     assert run["head"]["hidden"] == list(best_dense["params"]["hidden"]) and run["epochs_run"] == 2
+    assert list(result.head.hidden) == list(best_dense["params"]["hidden"]) and result.baseline.predict(
+        np.zeros((1, 1280), np.float32)).shape == (1,)  # the models it kept, fitted
+    assert repr(result).startswith(f"SearchResult(run_dir={str(result.run_dir)!r}, trials=4, best_trial=")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["winner"]["trial"] == result.best["trial"]
     assert metrics["stitched_vs_head_max_abs_diff"] <= 1e-5

@@ -217,11 +217,26 @@ def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, 
     import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1, seed=7),
+        mine = DenseHead(hidden=(), epochs=1, seed=7)
+        result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=mine,
                        split=SplitConfig(seed=2), cache_dir=tmp_path / "cache", progress=False, log=lambda m: None)
-    assert [str(w.message) for w in caught if w.category is UserWarning] == [
-        "the head's seed 7 is replaced by the run's seed 2 (SplitConfig.seed seeds the split and the training)"]
+    [warning] = [w for w in caught if w.category is UserWarning]
+    assert str(warning.message) == ("the head's seed 7 is replaced by the run's seed 2 (SplitConfig.seed seeds "
+                                    "the split and the training)")
+    assert warning.filename == __file__  # it points at the caller's line
     assert json.loads((result.run_dir / "run.json").read_text())["split"]["seed"] == 2
+    assert mine.seed == 7 and not hasattr(mine, "model_")  # trained on a clone, as scikit-learn tools do
+    assert result.head.seed == 2 and result.head.n_features_in_ == 1280
+
+
+def test_the_result_holds_the_fitted_models_and_reads_in_one_line(run):
+    X = run.extraction.features[:5]
+    assert list(run.head.predict(X)) == list(run.head.predict_proba(X).argmax(axis=1))
+    assert run.baseline.predict(X).shape == (5,)
+    text = repr(run)
+    assert text.startswith(f"TrainResult(run_dir={str(run.run_dir)!r}, test_accuracy=") and "\n" not in text
+    assert len(text) < 300 and repr(run.extraction).startswith("Extraction(features=(60, 1280)")
+    assert repr(run.extraction.dataset).endswith("classes=3, images=60, skipped=0)")
 
 
 @pytest.mark.parametrize("settings, message", [
