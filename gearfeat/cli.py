@@ -199,10 +199,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = Predictor.from_file(args.model, safe_mode=not args.unsafe)
         predictions = predictor.predict(args.images)
         if args.json:
-            print(json.dumps([p.to_dict() for p in predictions], indent=2))
+            print(json.dumps([p.to_dict(top_k=args.top_k) for p in predictions], indent=2))
         else:
             for p in predictions:
-                print(f"{p.path}\t{p.label}\t{p.confidence:.4f}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
+                ranked = "\t".join(f"{label}\t{probability:.4f}" for label, probability in p.top(args.top_k))
+                print(f"{p.path}\t{ranked}" if p.error is None else f"{p.path}\tERROR\t{p.error}")
         # drawn once the predictions are out: a figure that cannot be written loses none of them
         if args.plot is not None and predictor.plot(predictions, args.plot):
             _log(f"wrote {args.plot}")
@@ -290,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a saved model")
     p.add_argument("model", help="a .h5 model written by gearfeat")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--json", action="store_true", help="print a JSON array of {path, label, confidence}")
+    p.add_argument("--json", action="store_true", help="print a JSON array of {path, label, confidence} (and top, the K most probable, with --top-k)")
+    p.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
+                   help="also print the K most probable classes, each with its probability (default 1)")
     p.add_argument("--plot", default=None, help="also draw the predictions as a grid in this PNG")
     p.add_argument("--unsafe", action="store_true",
                    help="load with safe_mode=False (runs code stored in the file: only for files you trust)")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from .errors import GearfeatError, ImageError
+from .errors import GearfeatError, ImageError, is_int
 from .images import load_image
 from .plots import png_path, plot_predictions
 from .stitch import load_model, model_info
@@ -18,15 +18,29 @@ from .stitch import load_model, model_info
 
 @dataclass
 class Prediction:
-    """One image's prediction; ``label`` is None and ``error`` says why when the image was unusable."""
+    """One image's prediction: the most probable class and its probability, and every class's probability in
+    the model's output order; ``label`` is None and ``error`` says why when the image was unusable."""
 
     path: str
     label: str | None
     confidence: float | None
     error: str | None = None
+    probabilities: dict[str, float] | None = field(default=None, repr=False)
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "error" or v is not None}
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes with their probabilities, most probable first (none for an error)."""
+        if not is_int(k, 1):
+            raise GearfeatError(f"k must be an integer >= 1, got {k!r}")
+        ranked = sorted((self.probabilities or {}).items(), key=lambda item: -item[1])
+        return ranked[:k]
+
+    def to_dict(self, top_k: int = 1) -> dict:
+        """``path``, ``label``, ``confidence`` (and ``error``); with ``top_k`` > 1 also ``top``, the ``top_k``
+        most probable classes as ``{"label", "probability"}``."""
+        result = {k: v for k, v in asdict(self).items() if k != "probabilities" and (k != "error" or v is not None)}
+        if top_k > 1 and self.error is None:
+            result["top"] = [{"label": label, "probability": p} for label, p in self.top(top_k)]
+        return result
 
 
 class Predictor:
@@ -67,6 +81,11 @@ class Predictor:
         """
         plot = None if plot is None else png_path(plot)
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)  # one path is one image
+        for path in paths:
+            if not isinstance(path, (str, os.PathLike)):
+                raise GearfeatError(f"predict takes image file paths, got {type(path).__name__}; save the image "
+                                    "first, or standardize it with gearfeat.images.standardize and call the "
+                                    "model directly")
         images: list[np.ndarray | None] = []
         results: list[Prediction | None] = []
         for path in paths:
@@ -85,7 +104,8 @@ class Predictor:
                               "raw outputs", stacklevel=2)
             for i, p in zip(ok, proba):
                 k = int(np.argmax(p))
-                results[i] = Prediction(str(paths[i]), self.class_names[k], float(p[k]))
+                results[i] = Prediction(str(paths[i]), self.class_names[k], float(p[k]),
+                                        probabilities=dict(zip(self.class_names, map(float, p))))
         if plot is not None:
             _draw(results, images, plot)
         return results

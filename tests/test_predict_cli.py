@@ -189,6 +189,28 @@ def test_saving_and_predicting_check_their_arguments(model_path, tmp_path):
             prediction.Predictor(model, names)
 
 
+def test_top_k_classes_with_their_probabilities(model_path, tmp_path, capsys):
+    image = _image(tmp_path)
+    [result] = prediction.Predictor.from_file(model_path).predict([image])
+    assert set(result.probabilities) == {"cat", "dog"} and sum(result.probabilities.values()) == pytest.approx(1)
+    (first, p1), (second, p2) = result.top(5)  # no more than there are classes
+    assert first == result.label and p1 == result.confidence and p1 >= p2 and second != first
+    assert main(["predict", str(model_path), str(image), "--top-k", "2"]) == 0
+    path, label1, prob1, label2, prob2 = capsys.readouterr().out.strip().split("\t")
+    assert (path, label1, label2) == (str(image), first, second) and float(prob1) == pytest.approx(p1, abs=1e-4)
+    assert main(["predict", str(model_path), str(image), "--top-k", "2", "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert [t["label"] for t in record["top"]] == [first, second] and record["label"] == first
+    assert main(["predict", str(model_path), str(image), "--json"]) == 0
+    assert "top" not in json.loads(capsys.readouterr().out)[0]  # the JSON keeps its shape without --top-k
+    with pytest.raises(SystemExit) as info:
+        main(["predict", str(model_path), str(image), "--top-k", "0"])
+    assert info.value.code == 2
+    from gearfeat.errors import GearfeatError
+    with pytest.raises(GearfeatError, match="predict takes image file paths, got ndarray; save the image first"):
+        prediction.Predictor.from_file(model_path).predict([np.zeros((16, 16, 3), np.uint8)])
+
+
 def test_the_label_is_the_most_probable_class(model_path, tmp_path):
     predictor = prediction.Predictor.from_file(model_path)
     image = _image(tmp_path)
