@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -155,7 +156,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
             model = spec.factory(**kwargs)
     except ValueError as exc:
         raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "
-                            f"{first_line(exc)}") from None
+                            f"{first_line(exc)}{_weights_hint(spec, weights, str(exc))}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
         if weights == "imagenet" and "fetch" in str(exc).lower():
             raise WeightsUnavailableError(
@@ -167,3 +168,17 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
         raise
     model.trainable = False
     return model
+
+
+def _weights_hint(spec: BackboneSpec, weights: str | os.PathLike | None, error: str) -> str:
+    """For weights that do not fit the network built: what the Keras file's name says they are for."""
+    if weights in (None, "imagenet") or "shape" not in error.lower():
+        return ""
+    name = Path(weights).name
+    v2 = re.search(r"_(\d\.\d+)_(\d+)_no_top\.h5$", name)  # mobilenet_v2_..._0.35_224_no_top.h5
+    v1 = re.fullmatch(r"mobilenet_(1_0|7_5|5_0|2_5)_(\d+)_tf_no_top\.h5", name)  # mobilenet_2_5_224_...: 0.25
+    if spec.has_alpha and (v2 or v1):
+        alpha = v2[1] if v2 else {"1_0": "1.0", "7_5": "0.75", "5_0": "0.5", "2_5": "0.25"}[v1[1]]
+        size = (v2 or v1)[2]
+        return f" (the file's name says alpha {alpha}, size {size}: pass --alpha {alpha})"
+    return f" (the weights are for another variant of {spec.name}: check --alpha and the file)"

@@ -19,14 +19,19 @@ class Progress:
         self.enabled = enabled and total > 0
         self.interactive = self.enabled and getattr(self.stream, "isatty", lambda: False)()
         self.count = 0
+        self._drawn = False
         self._start = self._last = time.perf_counter()
 
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.enabled and exc_type is None:
             self._draw(final=True)
+        elif self.enabled and self.count:  # stopped by an error or an interrupt: where, not "done"
+            self._draw(final=True, stopped=True)
+        elif self.interactive and self._drawn:
+            self.stream.write("\n")  # end the bar's line: the error goes on a line of its own
 
     @property
     def rate(self) -> float:
@@ -41,14 +46,16 @@ class Progress:
             self._last = now
             self._draw()
 
-    def _draw(self, final: bool = False) -> None:
+    def _draw(self, final: bool = False, stopped: bool = False) -> None:
+        self._drawn = True
         rate = self.rate
         left = (self.total - self.count) / rate if rate > 0 else float("nan")
         width = 24
         filled = int(width * min(self.count, self.total) / self.total)
         line = (f"{self.desc}: [{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
                 f"{rate:.1f} {self.unit}/s, "
-                + (f"done in {_clock(time.perf_counter() - self._start)}" if final else f"{_clock(left)} left"))
+                + (f"{'stopped after' if stopped else 'done in'} {_clock(time.perf_counter() - self._start)}"
+                   if final else f"{_clock(left)} left"))
         end = "\n" if final or not self.interactive else ""
         self.stream.write(("\r" if self.interactive else "") + line + end)
         self.stream.flush()

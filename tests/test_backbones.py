@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,19 @@ def test_local_weights_file_is_loaded(tmp_path):
     loaded = create_backbone("mobilenet", weights=str(path), input_size=32, alpha=0.25)
     for a, b in zip(source.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name, file_name, file_alpha", [
+    ("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5", "0.35"),
+    ("mobilenet", "mobilenet_2_5_96_tf_no_top.h5", "0.25"),  # MobileNet's files write alpha 0.25 as 2_5
+])
+def test_weights_for_another_alpha_say_which_alpha_they_are_for(tmp_path, name, file_name, file_alpha):
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format  # the layout of Keras Applications' own files
+    weights = tmp_path / file_name
+    with h5py.File(weights, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(
+            f, create_backbone(name, weights=None, input_size=96, alpha=float(file_alpha)))
+    hint = f"(the file's name says alpha {file_alpha}, size 96: pass --alpha {file_alpha})"
+    with pytest.raises(GearfeatError, match=f"cannot build {name} .*Shape mismatch.*{re.escape(hint)}$"):
+        create_backbone(name, weights=weights, input_size=96, alpha=0.5)
