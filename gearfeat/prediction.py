@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from .errors import GearfeatError, ImageError, is_int
-from .images import load_image
+from .images import IMAGE_EXTENSIONS, load_image
 from .plots import png_path, plot_predictions
 from .stitch import load_model, model_info
 
@@ -58,6 +58,8 @@ class Predictor:
     def from_file(cls, path: str | os.PathLike, *, safe_mode: bool = True) -> "Predictor":
         """Load ``path`` (Keras ``safe_mode`` by default) with the class names gearfeat saved in it; a model
         without them is used with its output indexes as labels, with a warning."""
+        if Path(path).is_dir():  # a run folder: its model
+            path = Path(path) / "model.h5"
         info = model_info(path)
         model = load_model(path, safe_mode=safe_mode, compile=False)
         try:
@@ -74,8 +76,9 @@ class Predictor:
 
     def predict(self, paths: Sequence[str | os.PathLike], *, plot: str | os.PathLike | None = None,
                 batch_size: int = 32) -> list[Prediction]:
-        """Predictions in the order of ``paths`` (or of the one path given); an unreadable image gets an error,
-        the others a label.
+        """Predictions in the order of ``paths`` (or of the one path given), a folder standing for the image
+        files directly in it, by name; an unreadable image (or a folder without images) gets an error, the
+        others a label.
 
         With ``plot`` (a ``.png`` path, checked first), also draws them as :meth:`plot` does.
         """
@@ -86,10 +89,13 @@ class Predictor:
                 raise GearfeatError(f"predict takes image file paths, got {type(path).__name__}; save the image "
                                     "first, or standardize it with gearfeat.images.standardize and call the "
                                     "model directly")
+        paths = [image for path in paths for image in _images_in(path)]
         images: list[np.ndarray | None] = []
         results: list[Prediction | None] = []
         for path in paths:
             try:
+                if Path(path).is_dir():
+                    raise ImageError(path, "no image files in this folder")
                 images.append(load_image(path, self.image_size))
                 results.append(None)
             except ImageError as exc:
@@ -115,6 +121,15 @@ class Predictor:
         file names underneath; with none labelled, warn and draw nothing. Returns the figure's path, if drawn."""
         images = [None if p.error else load_image(p.path, self.image_size) for p in predictions]
         return _draw(predictions, images, png_path(path))
+
+
+def _images_in(path: str | os.PathLike) -> list[str | os.PathLike]:
+    """``path``, or for a folder the visible image files directly in it, sorted (itself when it has none)."""
+    if not Path(path).is_dir():
+        return [path]
+    found = sorted(str(p) for p in Path(path).iterdir()
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    return found or [path]
 
 
 def _draw(predictions: Sequence[Prediction], images: Sequence[np.ndarray | None], path: Path) -> Path | None:

@@ -198,7 +198,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         "command": command,
         "data_dir": str(Path(dataset.root).resolve()),
         "extractor": asdict(config),
-        "cache": str(extraction.cache_path),
+        "cache": str(Path(extraction.cache_path).resolve()),  # usable from any working folder
         "head": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
         "baseline_c": baseline_c,
         "best_epoch": head.best_epoch_,

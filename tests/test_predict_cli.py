@@ -211,6 +211,20 @@ def test_top_k_classes_with_their_probabilities(model_path, tmp_path, capsys):
         prediction.Predictor.from_file(model_path).predict([np.zeros((16, 16, 3), np.uint8)])
 
 
+def test_a_run_folder_and_image_folders_are_accepted(model_path, tmp_path, capsys):
+    images = tmp_path / "new"
+    images.mkdir()
+    for name in ("b.png", "a.png"):
+        Image.new("RGB", (16, 16), "red").save(images / name)
+    (images / ".hidden.png").write_bytes((images / "a.png").read_bytes())
+    (images / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(model_path.parent), str(images), str(tmp_path / "empty")]) == 3
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == [str(images / "a.png"), str(images / "b.png"), str(tmp_path / "empty")]
+    assert lines[2][1:] == ["ERROR", "no image files in this folder"]
+
+
 def test_the_label_is_the_most_probable_class(model_path, tmp_path):
     predictor = prediction.Predictor.from_file(model_path)
     image = _image(tmp_path)

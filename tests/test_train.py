@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,6 +41,8 @@ def test_run_folder_has_every_artifact(run):
     assert {"precision", "recall"} <= set(metrics["per_class"]["circle"])
     history = json.loads((run.run_dir / "history.json").read_text())
     assert len(history["loss"]) == len(history["val_loss"]) == 4
+    cache = Path(json.loads((run.run_dir / "run.json").read_text())["cache"])
+    assert cache.is_absolute() and cache.is_file()  # found from any working folder
     for png in ("loss.png", "confusion.png"):
         assert Image.open(run.run_dir / png).size[0] > 200
 
