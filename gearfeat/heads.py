@@ -20,8 +20,10 @@ _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validatio
 class DenseHead(ClassifierMixin, BaseEstimator):
     """A small dense network on pooled backbone features: ``fit`` / ``predict`` / ``predict_proba`` / ``score``.
 
-    Early stopping watches the validation loss and restores the best weights; ``history_`` holds the
-    per-epoch average training and validation loss and accuracy.
+    Early stopping watches the validation loss of ``fit``'s ``validation_data`` and restores the best
+    weights; without ``validation_data`` every one of ``epochs`` runs (so pass a validation split to
+    cross-validation too, e.g. ``cross_val_score(head, X, y, params={"validation_data": (X_val, y_val)})``).
+    ``history_`` holds the per-epoch average training and validation loss and accuracy.
     """
 
     def __init__(self, hidden: Sequence[int] = (256,), dropout: float = 0.3, l2: float = 1e-4,

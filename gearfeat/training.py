@@ -1,6 +1,7 @@
 """``gearfeat train``: dataset folder -> cached features -> dense head + baseline -> stitched ``model.h5``."""
 from __future__ import annotations
 
+import csv
 import os
 import time
 import warnings
@@ -192,6 +193,8 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     plot_confusion(y[test_idx], head_pred, names, run / "confusion.png")
     run.record("confusion.png")
     run.save_joblib(base, BASELINE_FILE)
+    _write_test_predictions(run / "test_predictions.csv", dataset, test_idx, head_proba, base_pred)
+    run.record("test_predictions.csv")
     write_skipped(extraction.skipped, run / "skipped.json")
     run.record("skipped.json")
     run.write_json("run.json", {
@@ -217,6 +220,19 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
+
+
+def _write_test_predictions(path: Path, dataset: Dataset, test_idx: np.ndarray, head_proba: np.ndarray,
+                            base_pred: np.ndarray) -> None:
+    """One row per test image: its file, true class, the head's class and probability, the baseline's class."""
+    names = dataset.class_names
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "predicted", "confidence", "baseline"])
+        for i, proba, base in zip(test_idx, head_proba, base_pred):
+            record = dataset.records[i]
+            writer.writerow([str(record.path), names[record.label], names[int(proba.argmax())],
+                             f"{float(proba.max()):.4f}", names[int(base)]])
 
 
 def _stitch_check(model, dataset: Dataset, indexes: np.ndarray, head_proba: np.ndarray, image_size: int) -> float:

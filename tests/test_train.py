@@ -34,7 +34,7 @@ def run(shapes_dir, tmp_path_factory):
 def test_run_folder_has_every_artifact(run):
     names = {p.name for p in run.run_dir.iterdir()}
     assert {"model.h5", "metrics.json", "history.json", "loss.png", "confusion.png", "baseline.joblib",
-            "run.json", "skipped.json", "manifest.json"} <= names
+            "run.json", "skipped.json", "manifest.json", "test_predictions.csv"} <= names
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["baseline_test_accuracy"] <= 1
     assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
@@ -43,6 +43,14 @@ def test_run_folder_has_every_artifact(run):
     assert len(history["loss"]) == len(history["val_loss"]) == 4
     cache = Path(json.loads((run.run_dir / "run.json").read_text())["cache"])
     assert cache.is_absolute() and cache.is_file()  # found from any working folder
+    import csv
+    with open(run.run_dir / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["n_test"] and {r["true"] for r in rows} <= {"circle", "square", "triangle"}
+    assert sum(r["true"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(metrics["test_accuracy"])
+    assert sum(r["true"] == r["baseline"] for r in rows) / len(rows) == pytest.approx(
+        metrics["baseline_test_accuracy"])
+    assert all(Path(r["path"]).parent.name == r["true"] for r in rows)  # each image under its own class
     for png in ("loss.png", "confusion.png"):
         assert Image.open(run.run_dir / png).size[0] > 200
 
