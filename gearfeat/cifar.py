@@ -22,6 +22,7 @@ from typing import IO
 
 import keras
 import numpy as np
+from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from .baseline import make_baseline
@@ -162,8 +163,9 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     log(f"features {X_train.shape[1]}-d from cache {cache_path} ({extract_seconds:.1f} s)")
 
     t0 = time.perf_counter()
-    head.set_params(seed=seed).fit(X_train[train_idx], y_train[train_idx], classes=range(len(CLASS_NAMES)),
-                                   validation_data=(X_train[val_idx], y_train[val_idx]))
+    head = clone(head).set_params(seed=seed)  # the caller's estimator stays unfitted, as in train
+    head.fit(X_train[train_idx], y_train[train_idx], classes=range(len(CLASS_NAMES)),
+             validation_data=(X_train[val_idx], y_train[val_idx]))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = make_baseline(baseline, baseline_c, seed=seed).fit(X_train[train_idx], y_train[train_idx])

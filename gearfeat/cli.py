@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a saved model")
     p.add_argument("model", help="a .h5 model written by gearfeat, or the run folder that holds it")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
-    p.add_argument("--json", action="store_true", help="print a JSON array of {path, label, confidence} (and top, the K most probable, with --top-k)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON array of {path, label, confidence} (and top, the K most probable, with --top-k)")
     p.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
                    help="also print the K most probable classes, each with its probability (default 1)")
     p.add_argument("--plot", default=None, help="also draw the predictions as a grid in this PNG")

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .errors import GearfeatError, ImageError, is_int
+from .errors import GearfeatError, ImageError, InvalidArgumentError, is_int
 from .images import IMAGE_EXTENSIONS, load_image
 from .plots import png_path, plot_predictions
 from .stitch import load_model, model_info
@@ -30,7 +30,7 @@ class Prediction:
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable classes with their probabilities, most probable first (none for an error)."""
         if not is_int(k, 1):
-            raise GearfeatError(f"k must be an integer >= 1, got {k!r}")
+            raise InvalidArgumentError(f"k must be an integer >= 1, got {k!r}")
         ranked = sorted((self.probabilities or {}).items(), key=lambda item: -item[1])
         return ranked[:k]
 

@@ -156,7 +156,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
                       "seeds the split and the training)", stacklevel=3)  # the line that called train or search
     head = clone(head).set_params(seed=split.seed)
     head.fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
-                                         classes=range(len(dataset.class_names)))
+             classes=range(len(dataset.class_names)))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X[train_idx], y[train_idx])

@@ -589,16 +589,13 @@ def parameter_influence(trials: Sequence[Mapping[str, Any]]) -> dict[str, float]
     return dict(sorted(influence.items(), key=lambda item: -item[1]))
 
 
-def _influence_line(trials: Sequence[Mapping[str, Any]], influence: Mapping[str, float]) -> str | None:
-    """What the leaderboard and the figure say about the parameters: the most influential, or why none is named."""
-    if influence:
-        name, share = next(iter(influence.items()))
-        return f"`{name}` explains about {share:.0%} of the variance of validation accuracy"
+def _no_influence_reason(trials: Sequence[Mapping[str, Any]]) -> str:
+    """Why :func:`parameter_influence` names no parameter for ``trials``."""
     keys = {key for t in trials for key in t["params"]}
     varied = any(len({json.dumps(t["params"].get(key)) for t in trials}) > 1 for key in keys)
     if varied or len({t["model"] for t in trials}) > 1:
         return "too few trials per value to tell which parameter matters most"
-    return None
+    return "no parameter varied"
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -738,10 +735,11 @@ def _write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Ma
         f"{metrics['baseline_test_accuracy']:.4f}). These are the only uses of the test split, one per model.", "",
     ]
     if influence:
-        lines += [f"Most influential parameter: {_influence_line(board, influence)} over the trials it applies "
-                  "to (omega squared).", ""]
-    elif _influence_line(board, influence):
-        lines += [f"Most influential parameter: none named, {_influence_line(board, influence)}.", ""]
+        name, share = next(iter(influence.items()))
+        lines += [f"Most influential parameter: `{name}` (explains about {share:.0%} of the variance of validation "
+                  "accuracy over the trials it applies to, omega squared).", ""]
+    else:
+        lines += [f"Most influential parameter: none named ({_no_influence_reason(board)}).", ""]
     lines += ["| rank | trial | model | val accuracy | val loss | epochs | seconds | parameters |",
               "|---:|---:|---|---:|---:|---:|---:|---|"]
     for t in board:
@@ -777,8 +775,7 @@ def plot_search(trials: Sequence[Mapping[str, Any]], path: str | os.PathLike,
         _plot_by_value(right, trials, name)
         right.set_title(f"By {name} (explains about {share:.0%} of the variance)")
     else:
-        right.text(0.5, 0.5, _influence_line(trials, influence) or "no parameter varied", ha="center",
-                   va="center", transform=right.transAxes)
+        right.text(0.5, 0.5, _no_influence_reason(trials), ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()
     return save_figure(fig, path)
 

@@ -177,7 +177,8 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
     assert max(parameter_influence(noise).values()) < 0.1  # a trend over trials, not the values: eta squared said 0.19
     distinct = [{**row, "params": {"learning_rate": 10.0 ** -i}} for i, row in enumerate(rows[:3])]
     assert parameter_influence(distinct) == {}  # each value once: eta squared would say 100 %
-    assert tuning._influence_line(distinct, {}) == "too few trials per value to tell which parameter matters most"
+    assert tuning._no_influence_reason(distinct) == "too few trials per value to tell which parameter matters most"
+    assert tuning._no_influence_reason(rows[:1]) == "no parameter varied"
 
 
 # ------------------------------------------------------------------------------------------ trials
