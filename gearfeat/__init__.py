@@ -21,8 +21,8 @@ from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras sa
 from .backbones import create_backbone, list_backbones  # noqa: E402,F401
 from .baseline import load_baseline  # noqa: E402,F401
 from .prediction import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
-from .training import extract_dataset as extract, train  # noqa: E402,F401
+from .training import extract_dataset as extract, image_features, train  # noqa: E402,F401
 from .tuning import search  # noqa: E402,F401
 
-__all__ = ["__version__", "create_backbone", "extract", "list_backbones", "load_baseline", "load_model", "predict",
-           "search", "train"]
+__all__ = ["__version__", "create_backbone", "extract", "image_features", "list_backbones", "load_baseline",
+           "load_model", "predict", "search", "train"]

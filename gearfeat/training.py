@@ -5,7 +5,7 @@ import csv
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,21 @@ def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cac
     log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
         f"{len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
     return extraction
+
+
+def image_features(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Features (N, D) of image files, computed with the settings of the ``train`` or ``search`` run
+    ``run_dir``: what its head (``model_``) and its baseline (:func:`~gearfeat.baseline.load_baseline`) take.
+    An unusable file raises an ImageError naming it."""
+    info = RunDir(run_dir).read_json("run.json")
+    if "extractor" not in info:
+        raise GearfeatError(f"{run_dir} is a `gearfeat {info.get('command')}` run, which has no cached-feature "
+                            "settings; pass a train or search run")
+    config = ExtractorConfig(**info["extractor"])
+    images = [load_image(path, config.image_size) for path in paths]
+    if not images:
+        raise GearfeatError("image_features needs at least one image path")
+    return FeatureExtractor(config, progress=False).features_of(np.stack(images))
 
 
 def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: ExtractorConfig | None = None,

@@ -240,6 +240,23 @@ def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, 
     assert result.head.seed == 2 and result.head.n_features_in_ == 1280
 
 
+def test_features_of_new_images_are_those_the_run_trained_on(run, tmp_path):
+    import gearfeat
+    from gearfeat.errors import ImageError
+    records = run.extraction.dataset.records[:4]
+    features = gearfeat.image_features(run.run_dir, [r.path for r in records])
+    np.testing.assert_allclose(features, run.extraction.features[:4], atol=1e-5)  # as cached for training
+    baseline = gearfeat.load_baseline(run.run_dir)
+    assert list(baseline.predict(features)) == list(run.baseline.predict(run.extraction.features[:4]))
+    (tmp_path / "bad.jpg").write_text("<html>")
+    with pytest.raises(ImageError, match="bad.jpg: not an image"):
+        gearfeat.image_features(run.run_dir, [records[0].path, tmp_path / "bad.jpg"])
+    (tmp_path / "cnn").mkdir()
+    RunDir(tmp_path / "cnn", create=True).write_json("run.json", {"command": "cnn"})
+    with pytest.raises(GearfeatError, match="is a `gearfeat cnn` run, which has no cached-feature settings"):
+        gearfeat.image_features(tmp_path / "cnn", [records[0].path])
+
+
 def test_the_result_holds_the_fitted_models_and_reads_in_one_line(run):
     X = run.extraction.features[:5]
     assert list(run.head.predict(X)) == list(run.head.predict_proba(X).argmax(axis=1))
