@@ -194,6 +194,9 @@ def test_top_k_classes_with_their_probabilities(model_path, tmp_path, capsys):
     [result] = prediction.Predictor.from_file(model_path).predict([image])
     assert set(result.probabilities) == {"cat", "dog"} and sum(result.probabilities.values()) == pytest.approx(1)
     (first, p1), (second, p2) = result.top(5)  # no more than there are classes
+    for k in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"k must be an integer >= 1, got {k!r}"):
+            result.top(k)
     assert first == result.label and p1 == result.confidence and p1 >= p2 and second != first
     assert main(["predict", str(model_path), str(image), "--top-k", "2"]) == 0
     path, label1, prob1, label2, prob2 = capsys.readouterr().out.strip().split("\t")

@@ -255,6 +255,8 @@ def test_features_of_new_images_are_those_the_run_trained_on(run, tmp_path):
     RunDir(tmp_path / "cnn", create=True).write_json("run.json", {"command": "cnn"})
     with pytest.raises(GearfeatError, match="is a `gearfeat cnn` run, which has no cached-feature settings"):
         gearfeat.image_features(tmp_path / "cnn", [records[0].path])
+    with pytest.raises(GearfeatError, match="^image_features needs at least one image path$"):
+        gearfeat.image_features(run.run_dir, [])
 
 
 def test_the_result_holds_the_fitted_models_and_reads_in_one_line(run):
