@@ -283,6 +283,11 @@ def _walk(folder: Path, skipped: list[Skipped], seen: set[str]) -> Iterator[Path
             yield from _walk(path, skipped, seen)
 
 
+def is_hidden(name: str) -> bool:
+    """True for a hidden file or folder, or one the OS keeps for itself (``.DS_Store``, ``Thumbs.db``, ...)."""
+    return name.startswith(".") or name.lower() in _SYSTEM_NAMES
+
+
 def _entries(folder: Path, entries: list[os.DirEntry], skipped: list[Skipped]) -> Iterator[tuple[Path, bool]]:
     """``(path, is_dir)`` of visible entries; hidden ones and broken links go to ``skipped``."""
     for entry in entries:
@@ -292,7 +297,7 @@ def _entries(folder: Path, entries: list[os.DirEntry], skipped: list[Skipped]) -
         except OSError as exc:  # e.g. a symlink loop
             skipped.append(Skipped(str(path), os_error_reason(exc)))
             continue
-        if entry.name.startswith(".") or entry.name.lower() in _SYSTEM_NAMES:
+        if is_hidden(entry.name):
             skipped.append(Skipped(str(path), f"hidden or system {'folder' if is_dir else 'file'}"))
         else:
             yield path, is_dir

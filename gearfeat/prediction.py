@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .dataset import is_hidden
 from .errors import GearfeatError, ImageError, InvalidArgumentError, is_int
 from .images import IMAGE_EXTENSIONS, load_image
 from .plots import png_path, plot_predictions
@@ -128,7 +129,7 @@ def _images_in(path: str | os.PathLike) -> list[str | os.PathLike]:
     if not Path(path).is_dir():
         return [path]
     found = sorted(str(p) for p in Path(path).iterdir()
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p.name) and p.is_file())
     return found or [path]
 
 

@@ -101,14 +101,15 @@ def image_features(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     """Features (N, D) of image files, computed with the settings of the ``train`` or ``search`` run
     ``run_dir``: what its head (``model_``) and its baseline (:func:`~gearfeat.baseline.load_baseline`) take.
     An unusable file raises an ImageError naming it."""
+    paths = list(paths)
+    if not paths:
+        raise GearfeatError("image_features needs at least one image path")
     info = RunDir(run_dir).read_json("run.json")
     if "extractor" not in info:
         raise GearfeatError(f"{run_dir} is a `gearfeat {info.get('command')}` run, which has no cached-feature "
                             "settings; pass a train or search run")
     config = ExtractorConfig(**info["extractor"])
     images = [load_image(path, config.image_size) for path in paths]
-    if not images:
-        raise GearfeatError("image_features needs at least one image path")
     return FeatureExtractor(config, progress=False).features_of(np.stack(images))
 
 
