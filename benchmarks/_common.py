@@ -43,7 +43,7 @@ def arguments(description: str, **options: dict) -> argparse.Namespace:
 
 def header(title: str, args: argparse.Namespace) -> None:
     """Print what runs where: the goal, the machine, the load, and whether the numbers are a smoke run."""
-    from gearfeat.system import machine_summary
+    from gearfeat._internal.system import machine_summary
 
     m = machine_summary()
     print(f"== {title}")

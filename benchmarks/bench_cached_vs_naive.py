@@ -44,12 +44,12 @@ def main() -> None:
 
     import keras
 
-    from gearfeat.dataset import scan_dataset, split_dataset
-    from gearfeat.extractor import ExtractorConfig, build_extractor
-    from gearfeat.fitting import decode_images
-    from gearfeat.heads import DenseHead, compile_model
-    from gearfeat.stitch import stitch
-    from gearfeat.training import extract_dataset
+    from gearfeat.data.dataset import scan_dataset, split_dataset
+    from gearfeat.features.extractor import ExtractorConfig, build_extractor
+    from gearfeat.workflows.fitting import decode_images
+    from gearfeat.models.heads import DenseHead, compile_model
+    from gearfeat.models.stitch import stitch
+    from gearfeat.features.extractor import extract_dataset
 
     source = C.real_gear() or C.generated_jpegs(48 if args.quick else 1000)
     weights = C.real_weights()

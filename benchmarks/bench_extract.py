@@ -8,7 +8,7 @@ Side by side, alternating rounds, in one process:
   flight at once, as the pipeline runs them), each in every round; the ratio uses the fastest of these
   (by its median);
 * **pipeline**: ``scan_dataset`` + ``FeatureExtractor.extract`` into a fresh cache: read and hash each
-  file, decode and standardize it (gearfeat.images), upscale, preprocess, backbone, HDF5 write.
+  file, decode and standardize it (gearfeat.data.images), upscale, preprocess, backbone, HDF5 write.
 
 Both sides count the distinct images, the ones that go through the backbone (the pipeline decodes a file
 with the same bytes as another only once).
@@ -36,8 +36,8 @@ def main() -> None:
         "--profile": dict(action="store_true", help="also time each stage alone (decode, forward, HDF5, hash)"),
     })
     C.header("goal 1: extraction at the floor (pipeline / bare backbone throughput)", args)
-    from gearfeat.dataset import scan_dataset
-    from gearfeat.extractor import DEFAULT_BATCH_SIZE, ExtractorConfig, FeatureExtractor
+    from gearfeat.data.dataset import scan_dataset
+    from gearfeat.features.extractor import DEFAULT_BATCH_SIZE, ExtractorConfig, FeatureExtractor
 
     data = C.real_gear() or C.generated_jpegs(64 if args.quick else 1000)
     weights = C.real_weights()
@@ -90,7 +90,7 @@ def main() -> None:
 def _subset(dataset, n: int | None):
     if n is None or n >= len(dataset.records):
         return dataset
-    from gearfeat.dataset import Dataset
+    from gearfeat.data.dataset import Dataset
     return Dataset(dataset.root, dataset.class_names, dataset.records[:n], dataset.skipped)
 
 
@@ -107,7 +107,7 @@ def _bare_forward(fx, dataset):
     import numpy as np
     import tensorflow as tf
 
-    from gearfeat.images import load_image
+    from gearfeat.data.images import load_image
 
     size = fx.config.backbone_size
     backbone = fx.model.get_layer("backbone")
@@ -153,8 +153,8 @@ def _profile(fx, dataset, batch_size: int) -> None:
 
     import numpy as np
 
-    from gearfeat.cache import FeatureCache
-    from gearfeat.images import decode_image
+    from gearfeat.features.cache import FeatureCache
+    from gearfeat.data.images import decode_image
 
     paths = [r.path for r in dataset.records]
     blobs = [Path(p).read_bytes() for p in paths]

@@ -9,7 +9,7 @@ Side by side on those same arrays, alternating rounds; each competitor is timed 
 to the return of its training (seed, build, compile, 30 epochs with validation every epoch), nothing else:
 no prediction, no test evaluation inside the timing.
 
-* **DenseHead**: ``gearfeat.heads.DenseHead(epochs=30, patience=30).fit(train, validation_data=val)`` with
+* **DenseHead**: ``gearfeat.models.heads.DenseHead(epochs=30, patience=30).fit(train, validation_data=val)`` with
   every other setting at its default (batch 64; patience 30: all 30 epochs run);
 * **plain Keras**: the same network (``DenseHead().build``), compiled by the same ``compile_model`` (with
   Keras's own Adam and one step per call, where DenseHead uses ``FusedAdam``, one call per epoch and its
@@ -38,10 +38,10 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from gearfeat.dataset import split_dataset
-    from gearfeat.extractor import ExtractorConfig
-    from gearfeat.heads import DenseHead, compile_model
-    from gearfeat.training import extract_dataset
+    from gearfeat.data.dataset import split_dataset
+    from gearfeat.features.extractor import ExtractorConfig
+    from gearfeat.models.heads import DenseHead, compile_model
+    from gearfeat.features.extractor import extract_dataset
 
     source = C.real_gear() or C.generated_jpegs(48 if args.quick else 1900)
     weights = C.real_weights()

@@ -29,9 +29,9 @@ def peak_rss_mib() -> float:
 
 def child(folder: str, backbone_size: int) -> None:
     """Extract ``folder`` into a fresh cache and print the peaks as JSON (run in a fresh process)."""
-    from gearfeat.cache import FeatureCache
-    from gearfeat.dataset import scan_dataset
-    from gearfeat.extractor import ExtractorConfig, FeatureExtractor
+    from gearfeat.features.cache import FeatureCache
+    from gearfeat.data.dataset import scan_dataset
+    from gearfeat.features.extractor import ExtractorConfig, FeatureExtractor
 
     peaks = {}
     read = FeatureCache.read

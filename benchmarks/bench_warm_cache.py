@@ -1,7 +1,7 @@
 """Goal 3: a warm cache is free. Re-extracting an unchanged dataset costs <= 3 % of the cold extraction (3a);
 adding 10 % new images costs about 10 % of a cold run (3b, judged as <= 0.10 of the cold time).
 
-Each figure is the extraction phase of ``gearfeat train`` (``gearfeat.training.extract_dataset``: scan and hash
+Each figure is the extraction phase of ``gearfeat train`` (``gearfeat.features.extractor.extract_dataset``: scan and hash
 the folder, build the extractor if anything must be computed, extract, read the features), timed in one
 process, alternating rounds:
 
@@ -33,8 +33,8 @@ def main() -> None:
                             help="use N generated JPEGs instead of the gear images (fixed costs weigh less)"),
     })
     C.header("goal 3: warm cache is free (warm / cold, +10 % / cold)", args)
-    from gearfeat.extractor import ExtractorConfig
-    from gearfeat.training import extract_dataset
+    from gearfeat.features.extractor import ExtractorConfig
+    from gearfeat.features.extractor import extract_dataset
 
     source = (C.generated_jpegs(args.generated) if args.generated else None) or C.real_gear() or \
         C.generated_jpegs(40 if args.quick else 2000)

@@ -67,7 +67,7 @@ def main() -> int:
         print(f"skipped: needs {DATA} and {WEIGHTS} (the shared gear data and weights are absent); "
               "--quick runs on generated images instead")
         return 0
-    from gearfeat.dataset import scan_dataset
+    from gearfeat.data.dataset import scan_dataset
 
     scanned = scan_dataset(data)
     distinct = len(set(scanned.hashes))  # the cache holds one row per distinct content

@@ -51,12 +51,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from gearfeat.dataset import split_dataset
-    from gearfeat.extractor import ExtractorConfig
-    from gearfeat.tuning import parse_space
-    from gearfeat.shapes import make_shapes_dataset
-    from gearfeat.system import machine_summary
-    from gearfeat.training import extract_dataset
+    from gearfeat.data.dataset import split_dataset
+    from gearfeat.features.extractor import ExtractorConfig
+    from gearfeat.tuning.space import parse_space
+    from gearfeat.data.synthetic import make_shapes_dataset
+    from gearfeat._internal.system import machine_summary
+    from gearfeat.features.extractor import extract_dataset
 
     work = Path(tempfile.mkdtemp(prefix="search-bench-"))
     quick_grid = len(parse_space(None, QUICK_PARAMS)) if args.quick and args.trials is None else None
@@ -156,7 +156,7 @@ class NaiveTimer:
     def __init__(self, extraction, parts, config):
         import numpy as np
 
-        from gearfeat.images import load_image
+        from gearfeat.data.images import load_image
 
         self.extraction, self.parts, self.config = extraction, parts, config
         records = extraction.dataset.records
@@ -176,9 +176,9 @@ class NaiveTimer:
         import keras
         import numpy as np
 
-        from gearfeat.extractor import build_extractor
-        from gearfeat.heads import DenseHead, compile_model
-        from gearfeat.stitch import stitch
+        from gearfeat.features.extractor import build_extractor
+        from gearfeat.models.heads import DenseHead, compile_model
+        from gearfeat.models.stitch import stitch
 
         trial = dense_trials[self.configs]
         self.configs += 1

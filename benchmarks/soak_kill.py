@@ -37,7 +37,7 @@ BACKBONE_ARGS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32
                  "--no-progress"]
 # `gearfeat extract` through the real CLI entry point, with the commit interval (private, 5 s by default)
 # taken from the first argument: 0 commits after every batch.
-_CLI = ("import sys, gearfeat.extractor as x; x._COMMIT_SECONDS = float(sys.argv.pop(1)); "
+_CLI = ("import sys, gearfeat.features.extractor as x; x._COMMIT_SECONDS = float(sys.argv.pop(1)); "
         "from gearfeat.cli import main; sys.exit(main())")
 _ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -59,7 +59,7 @@ def cache_file(cache_dir: Path) -> Path | None:
 
 def cache_attrs() -> dict[str, object]:
     """The cache settings of :data:`BACKBONE_ARGS`."""
-    from gearfeat.extractor import ExtractorConfig
+    from gearfeat.features.extractor import ExtractorConfig
     return ExtractorConfig("vgg16", weights=None, image_size=32, backbone_size=32).cache_attrs()
 
 
@@ -68,7 +68,7 @@ def verified_rows(cache_dir: Path) -> int | None:
 
     Runs gearfeat's own verification on a copy, so that the next run still meets the file as the kill left it.
     """
-    from gearfeat.cache import FeatureCache
+    from gearfeat.features.cache import FeatureCache
 
     path = cache_file(cache_dir)
     if path is None:
@@ -181,8 +181,8 @@ def main() -> int:
     rounds = args.rounds or (6 if args.quick else 60)
     per_class = args.images or (100 if args.quick else 300)
 
-    from gearfeat.shapes import make_shapes_dataset
-    from gearfeat.system import machine_summary
+    from gearfeat.data.synthetic import make_shapes_dataset
+    from gearfeat._internal.system import machine_summary
 
     with tempfile.TemporaryDirectory(prefix="gearfeat-soak-") as tmp:
         tmp = Path(tmp)

@@ -1,28 +1,38 @@
 """gearfeat: fast, dependable transfer learning for image classification.
 
-Data flow: images (:mod:`~gearfeat.images`, :mod:`~gearfeat.dataset`) -> features cache
-(:mod:`~gearfeat.extractor`, :mod:`~gearfeat.cache`) -> heads and baseline (:mod:`~gearfeat.heads`,
-:mod:`~gearfeat.baseline`) -> stitched model (:mod:`~gearfeat.stitch`) -> predictions and report
-(:mod:`~gearfeat.prediction`, :mod:`~gearfeat.report`).
+The subpackages follow the data flow: :mod:`~gearfeat.data` (images, datasets, the split) ->
+:mod:`~gearfeat.features` (backbones, the extractor, the HDF5 cache) -> :mod:`~gearfeat.models` (heads, baseline,
+stitched model) and :mod:`~gearfeat.tuning` (many heads at once) -> :mod:`~gearfeat.workflows` (the commands as
+functions) -> :mod:`~gearfeat.outputs` (run folders, metrics, figures, the report). ``gearfeat.cli`` is a thin
+shell over the functions exported here.
 """
 import os
 
 # TensorFlow's C++ chatter (CUDA probing on CPU hosts); errors still raise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__version__ = "0.1.0"
-
-from ._startup import import_tensorflow  # noqa: E402
+from ._version import __version__  # noqa: E402
+from ._internal.startup import import_tensorflow  # noqa: E402
 
 import_tensorflow()  # before anything else imports it: its C++ start-up log lines are held back
 
-from . import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
-from .stitch import load_model  # noqa: E402,F401  gearfeat.load_model: Keras safe_mode by default
-from .backbones import create_backbone, list_backbones  # noqa: E402,F401
-from .baseline import load_baseline  # noqa: E402,F401
-from .prediction import predict_images as predict  # noqa: E402,F401  same names as the CLI commands
-from .training import extract_dataset as extract, image_features, train  # noqa: E402,F401
-from .tuning import search  # noqa: E402,F401
+# isort: off
+from .features import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
+from .data.dataset import SplitConfig  # noqa: E402
+from .features.backbones import create_backbone, list_backbones  # noqa: E402
+from .features.extractor import ExtractorConfig, extract_dataset as extract  # noqa: E402
+from .models.baseline import load_baseline  # noqa: E402
+from .models.heads import DenseHead  # noqa: E402
+from .models.stitch import load_model  # noqa: E402  gearfeat.load_model: Keras safe_mode by default
+from .tuning.space import SearchSpace  # noqa: E402
+from .workflows.cnn import train_cnn  # noqa: E402
+from .workflows.finetune import finetune  # noqa: E402
+from .workflows.predict import image_features, predict_images as predict  # noqa: E402  same names as the commands
+from .workflows.search import search  # noqa: E402
+from .workflows.train import train  # noqa: E402
+from .outputs.report import write_report  # noqa: E402
+# isort: on
 
-__all__ = ["__version__", "create_backbone", "extract", "image_features", "list_backbones", "load_baseline",
-           "load_model", "predict", "search", "train"]
+__all__ = ["__version__", "DenseHead", "ExtractorConfig", "SearchSpace", "SplitConfig", "create_backbone", "extract",
+           "finetune", "image_features", "list_backbones", "load_baseline", "load_model", "predict", "search",
+           "train", "train_cnn", "write_report"]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import tensorflow as tf
 from PIL import Image
 
-from .errors import GearfeatError, first_line
+from ._internal.errors import GearfeatError, first_line
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -101,20 +101,20 @@ def add_fit_options(parser: argparse.ArgumentParser, *, learning_rate: float, ep
 
 
 def fit_config(args: argparse.Namespace):
-    from .fitting import FitConfig
+    from .workflows.fitting import FitConfig
     return FitConfig(learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
                      patience=args.patience, reduce_lr_patience=args.reduce_lr_patience or None,
                      max_minutes=args.max_minutes or None)
 
 
 def extractor_config(args: argparse.Namespace):
-    from .extractor import ExtractorConfig
+    from .features.extractor import ExtractorConfig
     return ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
                            image_size=args.image_size, backbone_size=args.backbone_size)
 
 
 def dense_head(args: argparse.Namespace):
-    from .heads import DenseHead
+    from .models.heads import DenseHead
     return DenseHead(hidden=args.hidden, dropout=args.dropout, l2=args.l2, batch_norm=args.batch_norm,
                      learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
                      patience=args.patience, seed=args.seed)
@@ -122,7 +122,7 @@ def dense_head(args: argparse.Namespace):
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .backbones import get_spec, list_backbones
+    from .features.backbones import get_spec, list_backbones
     print(f"{'name':22} {'size':>5} {'features':>8}  preprocessing  alpha")
     for name in list_backbones():
         s = get_spec(name)
@@ -131,7 +131,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .training import extract_dataset
+    from .features.extractor import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), cache_dir=args.cache_dir,
                                  batch_size=args.batch_size_extract, progress=not args.no_progress, log=_log)
     print(extraction.cache_path)
@@ -139,8 +139,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .tuning import parse_space, search
-    from .training import SplitConfig
+    from .data.dataset import SplitConfig
+    from .tuning.space import parse_space
+    from .workflows.search import search
     result = search(args.data_dir, args.out, space=parse_space(args.space, args.param), n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
@@ -159,7 +160,8 @@ def _trials(text: str) -> int | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import SplitConfig, train
+    from .data.dataset import SplitConfig
+    from .workflows.train import train
     result = train(args.data_dir, args.out, config=extractor_config(args), head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
@@ -168,8 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cnn(args: argparse.Namespace) -> int:
-    from .cnn import train_cnn
-    from .training import SplitConfig
+    from .data.dataset import SplitConfig
+    from .workflows.cnn import train_cnn
     result = train_cnn(args.data_dir, args.out, layers=args.layers, augment=args.augment,
                        image_size=args.image_size, config=fit_config(args),
                        split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
@@ -179,7 +181,7 @@ def cmd_cnn(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import finetune
+    from .workflows.finetune import finetune
     result = finetune(args.run_dir, args.out, unfreeze=args.unfreeze, config=fit_config(args),
                       data_dir=args.data_dir, progress=not args.no_progress, log=_log)
     print(result.run_dir / "model.h5")
@@ -187,8 +189,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .plots import png_path
-    from .prediction import Predictor
+    from .outputs.plots import png_path
+    from .workflows.predict import Predictor
     if args.plot is not None:
         try:
             png_path(args.plot)
@@ -211,7 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .outputs.report import write_report
     if not args.out.lower().endswith(".md"):
         _log(f"gearfeat report: error: argument --out: {args.out}: the report is Markdown; use a path ending in .md")
         return EXIT_USAGE
@@ -220,8 +222,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .backbones import get_spec
-    from .demo import DEMO_CONFIG, run_demo
+    from .features.backbones import get_spec
+    from .workflows.demo import DEMO_CONFIG, run_demo
     if get_spec(args.backbone).name == DEMO_CONFIG.backbone:  # the demo's width and size unless given
         args.alpha = DEMO_CONFIG.alpha if args.alpha is None else args.alpha
         args.backbone_size = DEMO_CONFIG.backbone_size if args.backbone_size is None else args.backbone_size
@@ -240,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     parser = argparse.ArgumentParser(prog="gearfeat", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None, help="a prediction grid PNG (from predict --plot) to include")
     p.set_defaults(run=cmd_report)
 
-    from .demo import DEMO_CONFIG, NEW_IMAGES, PER_CLASS
+    from .workflows.demo import DEMO_CONFIG, NEW_IMAGES, PER_CLASS
     p = sub.add_parser("demo", help="the whole workflow on generated shape images, no data needed",
                        description="Draw a small shapes dataset in OUT/data, train on it (features cached in "
                                    "OUT/cache unless --cache-dir), predict new images, write OUT/report.md. "
@@ -322,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the drawing, the split and the training")
     p.set_defaults(run=cmd_demo, backbone=DEMO_CONFIG.backbone, image_size=DEMO_CONFIG.image_size, cache_dir=None)
 
-    from .architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, list_layers
+    from .models.architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, list_layers
     p = sub.add_parser("cnn", help="train a CNN from scratch on the images, save model.h5",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="layers: " + ", ".join(t.usage() for t in list_layers(augment=False))

@@ -17,11 +17,11 @@ import argparse
 import sys
 
 import gearfeat  # noqa: F401  registers the Lambda functions that cifar10.h5 refers to
-from gearfeat.cifar import (CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs,
-                            train_cifar10)
+from gearfeat.workflows.cifar import (CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs,
+                                      train_cifar10)
 from gearfeat.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, sigterm_interrupts, add_head_options, dense_head
-from gearfeat.errors import GearfeatError
-from gearfeat.extractor import ExtractorConfig
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.features.extractor import ExtractorConfig
 
 EPILOG = """\
 dense head: gearfeat's defaults (--l2 0.0001 --learning-rate 0.001) except

@@ -9,8 +9,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from gearfeat.extractor import ExtractorConfig  # noqa: E402
-from gearfeat.shapes import make_shapes_dataset  # noqa: E402
+from gearfeat.features.extractor import ExtractorConfig  # noqa: E402
+from gearfeat.data.synthetic import make_shapes_dataset  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)

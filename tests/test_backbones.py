@@ -3,8 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from gearfeat.backbones import create_backbone, get_spec, list_backbones, parse_weights, weights_identity
-from gearfeat.errors import GearfeatError
+from gearfeat.features.backbones import create_backbone, get_spec, list_backbones, parse_weights, weights_identity
+from gearfeat._internal.errors import GearfeatError
 
 
 def test_registry_covers_every_family():
@@ -56,7 +56,7 @@ def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch, capsys
 
 
 def test_keras_download_messages_reach_stderr_as_the_download_goes(capsys):
-    from gearfeat.progress import keras_downloads
+    from gearfeat._internal.progress import keras_downloads
     with keras_downloads():  # a download that works: its line and progress bar, on stderr as they come
         print("Downloading data from https://example.invalid/w.h5")
         assert capsys.readouterr().err == ""  # held: the download may still fail at once

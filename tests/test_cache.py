@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from gearfeat.cache import FeatureCache, fingerprint
+from gearfeat.features.cache import FeatureCache, fingerprint
 
 ATTRS = {"backbone": "tiny", "image_size": 32, "weights": "random", "preprocessing": "tf/v1"}
 

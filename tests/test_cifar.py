@@ -1,4 +1,4 @@
-"""scripts/0-transfer.py and gearfeat.cifar: a generated archive in CIFAR-10's own pickle format, the script
+"""scripts/0-transfer.py and gearfeat.workflows.cifar: a generated archive in CIFAR-10's own pickle format, the script
 run end to end, and a grader's exact check of cifar10.h5 in a fresh process."""
 import importlib.util
 import io
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gearfeat import cifar as cifar_module
-from gearfeat import extractor as extractor_module
-from gearfeat.cifar import CLASS_NAMES, load_cifar10, train_cifar10
-from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
-from gearfeat.stitch import model_info
-from gearfeat.training import STITCH_TOLERANCE
+from gearfeat.workflows import cifar as cifar_module
+from gearfeat.features import extractor as extractor_module
+from gearfeat.workflows.cifar import CLASS_NAMES, load_cifar10, train_cifar10
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.models.heads import DenseHead
+from gearfeat.models.stitch import model_info
+from gearfeat.workflows.transfer import STITCH_TOLERANCE
 
 from conftest import tiny_config
 
@@ -219,7 +219,7 @@ def test_script_end_to_end_then_graders_exact_check_in_a_fresh_process(trained, 
         "import tensorflow.keras as K\n"
         "preprocess_data = __import__('0-transfer').preprocess_data\n"
         "model = K.models.load_model(sys.argv[1])\n"  # no custom_objects, default safe_mode
-        "from gearfeat.cifar import load_cifar10\n"
+        "from gearfeat.workflows.cifar import load_cifar10\n"
         "_, (X, Y) = load_cifar10(sys.argv[2])\n"
         "X_p, Y_p = preprocess_data(X, Y)\n"
         "loss, accuracy = model.evaluate(X_p, Y_p, batch_size=128, verbose=0)\n"
@@ -333,11 +333,11 @@ def test_keras_download_messages_go_to_stderr_not_stdout(monkeypatch, capsys):
 def test_sigterm_stops_the_script_like_ctrl_c_with_one_line_and_exit_130(tmp_path):
     code = (  # the script run as __main__, stalled in loading CIFAR-10 until the signal comes
         "import runpy, sys, time\n"
-        "import gearfeat.cifar\n"
+        "import gearfeat.workflows.cifar\n"
         "def stalled(data):\n"
         "    print('loading', flush=True)\n"
         "    time.sleep(120)\n"
-        "gearfeat.cifar.load_cifar10 = stalled\n"
+        "gearfeat.workflows.cifar.load_cifar10 = stalled\n"
         "sys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(SCRIPT), *TINY_ARGS], cwd=tmp_path,

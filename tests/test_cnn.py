@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat.architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn, list_layers, parse_layers, \
-    register_layer
+from gearfeat.models.architecture import (DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn, list_layers, parse_layers,
+                                          register_layer)
 from gearfeat.cli import main
-from gearfeat.cnn import train_cnn
-from gearfeat.dataset import scan_dataset, split_dataset
-from gearfeat.errors import GearfeatError
-from gearfeat.fitting import FitConfig, load_split
-from gearfeat.stitch import load_model, model_info
-from gearfeat.training import SplitConfig
+from gearfeat.workflows.cnn import train_cnn
+from gearfeat.data.dataset import scan_dataset, split_dataset
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.workflows.fitting import FitConfig, load_split
+from gearfeat.models.stitch import load_model, model_info
+from gearfeat.data.dataset import SplitConfig
 
 SMALL = "conv:8,bn,pool,conv:16,bn,pool,gap,dropout:0.2"
 QUIET = ["--image-size", "32", "--layers", SMALL, "--no-progress"]
@@ -170,7 +170,7 @@ def test_registering_a_layer_makes_it_usable():
         model = build_cnn(3, 32, "conv:8,leaky:0.2,gap", "none")
         assert model.layers[3].negative_slope == pytest.approx(0.2)
     finally:
-        from gearfeat import architecture
+        from gearfeat.models import architecture
         del architecture._LAYERS["leaky"]
 
 

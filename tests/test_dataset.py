@@ -1,4 +1,4 @@
-"""Tests for gearfeat.dataset: scanning a class-folder tree, and the grouped split."""
+"""Tests for gearfeat.data.dataset: scanning a class-folder tree, and the grouped split."""
 
 import hashlib
 import json
@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gearfeat.dataset as dataset_module
-from gearfeat.dataset import (Dataset, ImageRecord, Skipped, hash_file, scan_dataset, split_dataset,
-                              write_skipped)
-from gearfeat.errors import GearfeatError
+import gearfeat.data.dataset as dataset_module
+from gearfeat.data.dataset import Dataset, ImageRecord, Skipped, hash_file, scan_dataset, split_dataset, write_skipped
+from gearfeat._internal.errors import GearfeatError
 
 
 def make(root: Path, relative: str, content: str | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for gearfeat.demo: every artifact is written, and offline ImageNet falls back to random, said plainly."""
+"""Tests for gearfeat.workflows.demo: every artifact is written, and offline ImageNet falls back to random, said plainly."""
 import json
 import re
 
@@ -7,9 +7,9 @@ from keras.src.utils import file_utils
 from PIL import Image
 
 from gearfeat.cli import main
-from gearfeat.demo import run_demo
-from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
+from gearfeat.workflows.demo import run_demo
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.models.heads import DenseHead
 
 from conftest import tiny_config
 

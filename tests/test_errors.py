@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from gearfeat._startup import held_startup_logs
-from gearfeat.errors import first_line
+from gearfeat._internal.startup import held_startup_logs
+from gearfeat._internal.errors import first_line
 
 
 @pytest.mark.parametrize("exc, expected", [
@@ -39,7 +39,7 @@ def test_a_command_error_is_the_only_line_on_stderr(tmp_path):
 
 
 def test_seeds_cover_the_whole_range_keras_and_numpy_take():
-    from gearfeat.errors import MAX_SEED, InvalidArgumentError, check_seed
+    from gearfeat._internal.errors import MAX_SEED, InvalidArgumentError, check_seed
     for seed in (0, MAX_SEED, np.uint32(MAX_SEED)):
         check_seed(seed)
     for seed in (-1, MAX_SEED + 1, 1.0, True, "1"):

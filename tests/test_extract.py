@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-from gearfeat import extractor as extractor_module
-from gearfeat import images as images_module
-from gearfeat.cache import FeatureCache
+from gearfeat.features import extractor as extractor_module
+from gearfeat.data import images as images_module
+from gearfeat.features.cache import FeatureCache
 from gearfeat.cli import main
-from gearfeat.dataset import scan_dataset
-from gearfeat.errors import GearfeatError
-from gearfeat.extractor import FeatureExtractor, build_extractor
-from gearfeat.shapes import make_shapes_dataset
+from gearfeat.data.dataset import scan_dataset
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.features.extractor import FeatureExtractor, build_extractor
+from gearfeat.data.synthetic import make_shapes_dataset
 
 from conftest import tiny_config
 
@@ -46,7 +46,7 @@ def test_extract_once_then_reuse_then_append(shapes_copy, tmp_path):
 
 
 def test_features_equal_direct_model_output(shapes_dir, tmp_path):
-    from gearfeat.images import load_image
+    from gearfeat.data.images import load_image
     fx = FeatureExtractor(tiny_config(), progress=False, batch_size=7)
     result = fx.extract(scan_dataset(shapes_dir), tmp_path)
     images = np.stack([load_image(r.path, 32) for r in result.dataset.records]).astype(np.float32)
@@ -102,9 +102,9 @@ def test_any_setting_change_gives_a_new_cache_file(shapes_dir, tmp_path):
     assert len(paths) == len(changes)
 
 
-@pytest.mark.parametrize("code", ["gearfeat.extractor.PREPROCESSING_VERSION", "gearfeat.extractor.STANDARDIZE_VERSION",
+@pytest.mark.parametrize("code", ["gearfeat.features.extractor.PREPROCESSING_VERSION", "gearfeat.features.extractor.STANDARDIZE_VERSION",
                                   "PIL.__version__", "keras.__version__", "tensorflow.__version__",
-                                  "gearfeat.extractor.__version__"])
+                                  "gearfeat.features.extractor.__version__"])
 def test_the_code_that_computes_features_is_in_the_cache_key(tmp_path, monkeypatch, code):
     before = FeatureCache.path_for(tmp_path, tiny_config().cache_attrs())
     monkeypatch.setattr(code, "another")

@@ -7,14 +7,15 @@ import pytest
 from PIL import Image
 
 from gearfeat.cli import main
-from gearfeat.errors import GearfeatError
-from gearfeat.finetune import backbone_layers, finetune, unfreeze_top
-from gearfeat.fitting import FitConfig
-from gearfeat.heads import DenseHead
-from gearfeat.tuning import search
-from gearfeat.shapes import make_shapes_dataset
-from gearfeat.stitch import load_model, model_info
-from gearfeat.training import SplitConfig, train
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.workflows.finetune import backbone_layers, finetune, unfreeze_top
+from gearfeat.workflows.fitting import FitConfig
+from gearfeat.models.heads import DenseHead
+from gearfeat.workflows.search import search
+from gearfeat.data.synthetic import make_shapes_dataset
+from gearfeat.models.stitch import load_model, model_info
+from gearfeat.data.dataset import SplitConfig
+from gearfeat.workflows.train import train
 
 from conftest import tiny_config
 
@@ -117,7 +118,7 @@ def test_cli_finetune_and_its_errors(transfer, tmp_path, capsys):
 
 
 def test_finetune_refuses_a_model_without_a_backbone(shapes_dir, tmp_path):
-    from gearfeat.cnn import train_cnn
+    from gearfeat.workflows.cnn import train_cnn
     cnn = train_cnn(shapes_dir, tmp_path / "cnn", layers="conv:4,gap", augment="none", image_size=32,
                     config=FitConfig(epochs=1), progress=False, log=lambda m: None)
     with pytest.raises(GearfeatError, match="is a `gearfeat cnn` run; finetune starts from a `gearfeat"):
@@ -151,7 +152,7 @@ def test_data_with_other_classes_than_the_run_is_one_clear_error(transfer, shape
     def must_not_decode(*args, **kwargs):
         raise AssertionError("images decoded before the class check")
 
-    monkeypatch.setattr("gearfeat.finetune.load_split", must_not_decode)
+    monkeypatch.setattr("gearfeat.workflows.finetune.load_split", must_not_decode)
     if change_data:
         change_data(shapes_copy, tmp_path)
     source = _doctored_run(transfer, tmp_path, recorded) if recorded else transfer

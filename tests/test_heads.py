@@ -5,8 +5,8 @@ import pytest
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from gearfeat.errors import GearfeatError, InvalidArgumentError
-from gearfeat.heads import DenseHead, _EagerValidation
+from gearfeat._internal.errors import GearfeatError, InvalidArgumentError
+from gearfeat.models.heads import DenseHead, _EagerValidation
 
 
 def _blobs(n_per_class=60, dim=32, classes=3, seed=0):
@@ -182,7 +182,7 @@ def test_compiled_image_model_trains_with_one_trace(traced):
     """compile_model prepares any functional model (the CNN's and fine-tuning's too), not just heads."""
     import keras
 
-    from gearfeat.heads import compile_model
+    from gearfeat.models.heads import compile_model
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)
     x = keras.layers.BatchNormalization()(x)
@@ -195,7 +195,7 @@ def test_compiled_image_model_trains_with_one_trace(traced):
 
 
 def test_shuffled_batches_are_a_seeded_permutation_per_epoch():
-    from gearfeat.heads import shuffled_batches
+    from gearfeat.models.heads import shuffled_batches
     X = np.arange(23 * 2, dtype=np.float32).reshape(23, 2)
     y = np.arange(23)
 
@@ -214,7 +214,7 @@ def test_shuffled_batches_are_a_seeded_permutation_per_epoch():
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_fused_adam_updates_as_keras_adam(amsgrad):
-    from gearfeat.heads import FusedAdam
+    from gearfeat.models.heads import FusedAdam
     X, y = _blobs(n_per_class=20)
     weights = []
     for optimizer in (keras.optimizers.Adam, FusedAdam):
@@ -230,7 +230,7 @@ def test_fused_adam_updates_as_keras_adam(amsgrad):
 
 
 def test_baseline_settings_are_named():
-    from gearfeat.baseline import make_baseline
+    from gearfeat.models.baseline import make_baseline
     for kind, C, seed, message in ((["logreg"], 1.0, 0, r"unknown baseline \['logreg'\]"),
                                    ("logreg", 0.0, 0, "baseline C must be a finite number above 0, got 0.0"),
                                    ("svc", 1.0, -1, "seed must be an integer from 0 to 4294967295, got -1")):

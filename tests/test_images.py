@@ -1,4 +1,4 @@
-"""Tests for gearfeat.images: standardization and a hostile corpus of image files."""
+"""Tests for gearfeat.data.images: standardization and a hostile corpus of image files."""
 
 import io
 import os
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat.errors import GearfeatError, ImageError
-from gearfeat.images import (IMAGE_EXTENSIONS, STANDARDIZE_VERSION, check_image_size, decode_image, load_image,
-                             standardize)
+from gearfeat._internal.errors import GearfeatError, ImageError
+from gearfeat.data.images import (IMAGE_EXTENSIONS, STANDARDIZE_VERSION, check_image_size, decode_image, load_image,
+                                  standardize)
 
 SIZE = 32
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -1,4 +1,4 @@
-"""Tests for gearfeat.plots: PNGs are written, readable and warning-free."""
+"""Tests for gearfeat.outputs.plots: PNGs are written, readable and warning-free."""
 
 import ast
 import warnings
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat import plots
-from gearfeat.errors import GearfeatError
+from gearfeat.outputs import plots
+from gearfeat._internal.errors import GearfeatError
 
 LONG_NAMES = [
     "hardshell_jackets", "insulated_jackets", "rope", "tents", "axes", "boots",

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat import prediction
+from gearfeat.workflows import predict as prediction
 from gearfeat.cli import main
-from gearfeat.images import load_image
-from gearfeat.stitch import save_model
+from gearfeat.data.images import load_image
+from gearfeat.models.stitch import save_model
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_the_warning_follows_the_lines_it_is_about_on_a_shared_terminal(model_pa
 def test_a_warning_before_an_error_is_still_shown(model_path, tmp_path, capsys, monkeypatch):
     import warnings
 
-    from gearfeat.errors import GearfeatError
+    from gearfeat._internal.errors import GearfeatError
 
     def warn_then_fail(*args, **kwargs):
         warnings.warn("held back", stacklevel=2)
@@ -99,7 +99,7 @@ def _image(tmp_path):
 
 
 def test_a_figure_that_cannot_be_written_loses_no_prediction(model_path, tmp_path, capsys, monkeypatch):
-    from gearfeat.errors import GearfeatError
+    from gearfeat._internal.errors import GearfeatError
 
     def fail(*args, **kwargs):
         raise GearfeatError("cannot write grid.png: Read-only file system")
@@ -168,7 +168,7 @@ def test_damaged_gearfeat_metadata_is_one_line(model_path, tmp_path, capsys, met
 
 
 def test_saving_and_predicting_check_their_arguments(model_path, tmp_path):
-    from gearfeat.errors import GearfeatError
+    from gearfeat._internal.errors import GearfeatError
     inputs = keras.Input((16, 16, 3))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
         keras.layers.GlobalAveragePooling2D()(inputs)))
@@ -209,7 +209,7 @@ def test_top_k_classes_with_their_probabilities(model_path, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict", str(model_path), str(image), "--top-k", "0"])
     assert info.value.code == 2
-    from gearfeat.errors import GearfeatError
+    from gearfeat._internal.errors import GearfeatError
     with pytest.raises(GearfeatError, match="predict takes image file paths, got ndarray; save the image first"):
         prediction.Predictor.from_file(model_path).predict([np.zeros((16, 16, 3), np.uint8)])
 

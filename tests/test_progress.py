@@ -4,7 +4,7 @@ from contextlib import nullcontext
 
 import pytest
 
-from gearfeat.progress import Progress
+from gearfeat._internal.progress import Progress
 
 
 def _run(updates: int, error: bool) -> str:

@@ -20,13 +20,13 @@ import pytest
 from PIL import Image
 
 import gearfeat
-import gearfeat.dataset as dataset_module
-from gearfeat.cache import FeatureCache
+import gearfeat.data.dataset as dataset_module
+from gearfeat.features.cache import FeatureCache
 from gearfeat.cli import main
-from gearfeat.errors import GearfeatError
-from gearfeat.extractor import FeatureExtractor
-from gearfeat.runs import RunDir
-from gearfeat.shapes import make_shapes_dataset
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.features.extractor import FeatureExtractor
+from gearfeat.outputs.runs import RunDir
+from gearfeat.data.synthetic import make_shapes_dataset
 
 from conftest import TINY
 from test_images import encode, png_header
@@ -293,7 +293,7 @@ def test_damaged_or_outdated_cache_is_rebuilt_with_one_warning(soak_data, tmp_pa
     path = soak.cache_file(reference.parent)
     target = cache / path.name
     if damage == "older preprocessing":  # a file written by an older gearfeat, under today's name
-        monkeypatch.setattr("gearfeat.extractor.PREPROCESSING_VERSION", -1)
+        monkeypatch.setattr("gearfeat.features.extractor.PREPROCESSING_VERSION", -1)
         assert main(["extract", str(data), *BACKBONE, "--cache-dir", str(tmp_path / "old")]) == 0
         monkeypatch.undo()
         old = soak.cache_file(tmp_path / "old")
@@ -417,7 +417,7 @@ def test_a_run_folder_is_checked_at_once_and_made_at_the_first_write(tmp_path, m
     assert not (tmp_path / "a").exists()
     run.write_json("run.json", {})
     assert (tmp_path / "a" / "b" / "run.json").is_file()
-    monkeypatch.setattr("gearfeat.runs.os.access", lambda path, mode: False)  # as a read-only folder (not root)
+    monkeypatch.setattr("gearfeat.outputs.runs.os.access", lambda path, mode: False)  # as a read-only folder (not root)
     with pytest.raises(GearfeatError, match=f"cannot create run folder .*c: permission denied in {tmp_path}; pass "
                                             "another --out"):
         RunDir(tmp_path / "c", create=True)

@@ -1,4 +1,4 @@
-"""Tests for gearfeat.report: the table equals metrics.json, figures travel with the report, bad folders refused."""
+"""Tests for gearfeat.outputs.report: the table equals metrics.json, figures travel with the report, bad folders refused."""
 import json
 import re
 import shutil
@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 
 from gearfeat.cli import main
-from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
-from gearfeat.report import wilson_interval, write_report
-from gearfeat.runs import RunDir
-from gearfeat.training import SplitConfig, train
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.models.heads import DenseHead
+from gearfeat.outputs.report import wilson_interval, write_report
+from gearfeat.outputs.runs import RunDir
+from gearfeat.data.dataset import SplitConfig
+from gearfeat.workflows.train import train
 
 from conftest import tiny_config
 
@@ -28,7 +29,7 @@ def transfer(shapes_dir, tmp_path_factory) -> Path:
 
 
 def _fake_run(source: Path, folder: Path, command: str, accuracy: float, **metrics) -> Path:
-    """A run folder of another kind, with the keys gearfeat.fitting.finish_run writes, built on a real run."""
+    """A run folder of another kind, with the keys gearfeat.workflows.fitting.finish_run writes, built on a real run."""
     info = json.loads((source / "run.json").read_text())
     real = json.loads((source / "metrics.json").read_text())
     run = RunDir(folder, create=True)

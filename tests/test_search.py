@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat.baseline import BASELINES
-from gearfeat import tuning
+from gearfeat.models.baseline import BASELINES
+from gearfeat.tuning import backends, results, trials as trials_module
 from gearfeat.cli import main
-from gearfeat.dataset import split_dataset
-from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
-from gearfeat.tuning import (DEFAULT_SPACE, PARAMS, SearchSpace, parameter_influence, parse_param, parse_space,
-                             plot_search, rank_trials, run_trials, search)
-from gearfeat.training import SplitConfig, extract_dataset
+from gearfeat.data.dataset import split_dataset
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.models.heads import DenseHead
+from gearfeat.tuning.space import DEFAULT_SPACE, PARAMS, SearchSpace, parse_param, parse_space
+from gearfeat.tuning.trials import parameter_influence, rank_trials, run_trials
+from gearfeat.tuning.results import plot_search
+from gearfeat.workflows.search import search
+from gearfeat.data.dataset import SplitConfig
+from gearfeat.features.extractor import extract_dataset
 
 from conftest import tiny_config
 
@@ -157,7 +160,7 @@ def test_the_search_figure_stars_the_trial_ranked_first(tmp_path, monkeypatch):
             {"trial": 2, "model": "logreg", "val_accuracy": 0.8, "val_loss": None, "params": {"baseline": "logreg"}}]
     assert rank_trials(rows)[0]["trial"] == 1  # equal accuracy: the lower validation loss ranks first
     figures = []
-    monkeypatch.setattr(tuning, "save_figure", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(results, "save_figure", lambda fig, path: figures.append(fig) or path)
     plot_search(rows, tmp_path / "search.png")
     [star] = [line for line in figures[0].axes[0].lines if line.get_marker() == "*"]
     assert list(star.get_xdata()) == [1] and star.get_label() == "best: trial 1"
@@ -177,8 +180,8 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
     assert max(parameter_influence(noise).values()) < 0.1  # a trend over trials, not the values: eta squared said 0.19
     distinct = [{**row, "params": {"learning_rate": 10.0 ** -i}} for i, row in enumerate(rows[:3])]
     assert parameter_influence(distinct) == {}  # each value once: eta squared would say 100 %
-    assert tuning._no_influence_reason(distinct) == "too few trials per value to tell which parameter matters most"
-    assert tuning._no_influence_reason(rows[:1]) == "no parameter varied"
+    assert trials_module.no_influence_reason(distinct) == "too few trials per value to tell which parameter matters most"
+    assert trials_module.no_influence_reason(rows[:1]) == "no parameter varied"
 
 
 # ------------------------------------------------------------------------------------------ trials
@@ -204,7 +207,7 @@ def test_a_trial_trains_with_the_runs_seed_as_the_retrained_winner_does(blobs):
     """A trial's score is the score of the head the run retrains: same parameters, same seed, same data."""
     from sklearn.metrics import log_loss
 
-    from gearfeat.tuning import run_trial
+    from gearfeat.tuning.trials import run_trial
     X_train, y_train, X_val, y_val = blobs
     params = {"hidden": [8], "epochs": 3, "dropout": 0.5}
     trial = run_trial(params, *blobs, 3, seed=5)
@@ -264,26 +267,26 @@ def test_ray_backend_on_a_local_cluster(blobs, monkeypatch):
 def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkeypatch):
     configurations = SearchSpace(FAST).configurations()
     local = run_trials(configurations, *blobs, jobs=1, **quiet)
-    monkeypatch.setitem(tuning.BACKENDS, "threading", dataclasses.replace(tuning.BACKENDS["threading"], streams=False))
-    waves, call = [], tuning.joblib.Parallel.__call__
-    monkeypatch.setattr(tuning.joblib.Parallel, "__call__",
+    monkeypatch.setitem(backends.BACKENDS, "threading", dataclasses.replace(backends.BACKENDS["threading"], streams=False))
+    waves, call = [], trials_module.joblib.Parallel.__call__
+    monkeypatch.setattr(trials_module.joblib.Parallel, "__call__",
                         lambda self, calls: waves.append(len(calls)) or call(self, calls))
     updates = []
-    monkeypatch.setattr(tuning.Progress, "update", lambda self, n=1: updates.append(n))
+    monkeypatch.setattr(trials_module.Progress, "update", lambda self, n=1: updates.append(n))
     rows = run_trials(configurations, *blobs, jobs=2, backend="threading", log=lambda message: None)
     assert waves == [4, 1] and len(updates) == 5  # waves of twice the workers; the bar moves trial by trial
     _assert_same_trials(rows, local, configurations)
 
 
 def test_no_more_workers_than_trials(blobs, monkeypatch):
-    workers, parallel = [], tuning.joblib.Parallel
+    workers, parallel = [], trials_module.joblib.Parallel
 
     class Recording(parallel):
         def __init__(self, *args, **kwargs):
             workers.append(kwargs.get("n_jobs"))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(tuning.joblib, "Parallel", Recording)
+    monkeypatch.setattr(trials_module.joblib, "Parallel", Recording)
     messages = []
     run_trials([{}, {"hidden": []}], *blobs, jobs=8, backend="threading", progress=False, log=messages.append)
     assert workers == [2] and messages == ["search: 2 trials on 2 threading workers"]
@@ -319,10 +322,10 @@ def searched(shapes_dir, tmp_path_factory):
             spy["trial_inputs"].append((X_train, X_val))
             return run_trial(params, X_train, y_train, X_val, y_val, *args)
 
-        run_trial = tuning.run_trial
+        run_trial = trials_module.run_trial
         mp.setattr(DenseHead, "predict_proba", counting(DenseHead.predict_proba, "head_test"))
         mp.setattr(Pipeline, "predict", counting(Pipeline.predict, "baseline_test"))
-        mp.setattr(tuning, "run_trial", recording_trial)
+        mp.setattr(trials_module, "run_trial", recording_trial)
         result = search(shapes_dir, out / "run", space=space, jobs=1, config=tiny_config(),
                         split=SplitConfig(seed=2), cache_dir=out / "cache", **quiet)
     return result, spy, X, parts

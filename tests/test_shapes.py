@@ -1,11 +1,11 @@
-"""Tests for gearfeat.shapes: deterministic, well-formed shape images and folders."""
+"""Tests for gearfeat.data.synthetic: deterministic, well-formed shape images and folders."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat import shapes
-from gearfeat.errors import GearfeatError
+from gearfeat.data import synthetic as shapes
+from gearfeat._internal.errors import GearfeatError
 
 
 @pytest.mark.parametrize("kind", shapes.SHAPES)

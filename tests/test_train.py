@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gearfeat import training, tuning
+from gearfeat.workflows import search as search_command, train as train_command, transfer
 from gearfeat.cli import main
-from gearfeat.errors import GearfeatError
-from gearfeat.heads import DenseHead
-from gearfeat.runs import RunDir
-from gearfeat.stitch import load_model, model_info
-from gearfeat.training import SplitConfig, train
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.models.heads import DenseHead
+from gearfeat.outputs.runs import RunDir
+from gearfeat.models.stitch import load_model, model_info
+from gearfeat.data.dataset import SplitConfig
+from gearfeat.workflows.train import train
 
 from conftest import tiny_config
 
@@ -60,7 +61,7 @@ def test_stitched_model_equals_head_on_cached_features(run):
 
 
 def test_a_stitched_model_that_differs_from_the_head_is_reported(shapes_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "max_abs_difference", lambda a, b: 0.25)
+    monkeypatch.setattr(transfer, "max_abs_difference", lambda a, b: 0.25)
     lines = []
     result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1),
                    cache_dir=tmp_path / "cache", progress=False, log=lines.append)
@@ -80,7 +81,7 @@ def test_stitched_model_is_compiled_and_knows_its_classes(run):
 def test_stitched_model_loads_in_safe_mode_in_a_fresh_process(run, shapes_dir):
     code = (
         "import sys, numpy as np, keras, gearfeat\n"
-        "from gearfeat.images import load_image\n"
+        "from gearfeat.data.images import load_image\n"
         "m = keras.models.load_model(sys.argv[1])\n"  # default safe_mode=True, no custom_objects
         "x = np.stack([load_image(sys.argv[2], 32)]).astype('float32')\n"
         "p = m.predict(x, verbose=0)\n"
@@ -209,7 +210,7 @@ def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
     [prediction] = gearfeat.predict(run.run_dir / "model.h5", [image])
     assert prediction.label in ("circle", "square", "triangle") and prediction.error is None
     assert "mobilenet_v2" in gearfeat.list_backbones() and callable(gearfeat.train)
-    assert gearfeat.search is tuning.search and gearfeat.train is training.train  # the CLI's names
+    assert gearfeat.search is search_command.search and gearfeat.train is train_command.train  # the CLI's names
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
@@ -218,7 +219,7 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     def too_big(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1280,100000000]\n"
                                                            "and a long TensorFlow explanation")
-    monkeypatch.setattr(training, "train", too_big)
+    monkeypatch.setattr(train_command, "train", too_big)
     assert main(["train", "data", "--out", "run", "--hidden", "100000000"]) == 1
     assert capsys.readouterr().err == ("gearfeat: error: out of memory (OOM when allocating tensor with "
                                        "shape[1280,100000000]); use smaller layers, batches or images\n")
@@ -242,7 +243,7 @@ def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, 
 
 def test_features_of_new_images_are_those_the_run_trained_on(run, tmp_path):
     import gearfeat
-    from gearfeat.errors import ImageError
+    from gearfeat._internal.errors import ImageError
     records = run.extraction.dataset.records[:4]
     features = gearfeat.image_features(run.run_dir, [r.path for r in records])
     np.testing.assert_allclose(features, run.extraction.features[:4], atol=1e-5)  # as cached for training

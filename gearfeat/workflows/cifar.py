@@ -25,14 +25,14 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
-from .baseline import make_baseline
-from .errors import GearfeatError, first_line
-from .extractor import ExtractorConfig, FeatureExtractor
-from .heads import DenseHead
-from .metrics import classification_metrics, max_abs_difference
-from .plots import plot_confusion, plot_history
-from .progress import keras_downloads
-from .stitch import load_model, save_model, stitch
+from .._internal.errors import GearfeatError, first_line
+from .._internal.progress import keras_downloads
+from ..features.extractor import ExtractorConfig, FeatureExtractor
+from ..models.baseline import make_baseline
+from ..models.heads import DenseHead
+from ..models.stitch import load_model, save_model, stitch
+from ..outputs.metrics import classification_metrics, max_abs_difference
+from ..outputs.plots import plot_confusion, plot_history
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 """CIFAR-10's labels 0..9, in order."""
@@ -132,7 +132,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     images give ``test_accuracy`` (and the scikit-learn ``baseline`` on the same features, the published
     linear-probe protocol, gives ``baseline_test_accuracy``). ``plots`` names a folder for ``loss.png`` and
     ``confusion.png``. Returns the figures; the test accuracies are also stored in the model file
-    (:func:`gearfeat.stitch.model_info`). ``out`` is written only once the saved file, reloaded in safe mode,
+    (:func:`gearfeat.models.stitch.model_info`). ``out`` is written only once the saved file, reloaded in safe mode,
     has been checked against the head; a file that fails leaves ``out`` as it was.
     """
     started = time.perf_counter()

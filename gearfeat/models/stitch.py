@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import keras
 
-from .errors import GearfeatError, first_line
+from .._internal.errors import GearfeatError, first_line
 from .heads import compile_model
 
 _META_KEY = "gearfeat"
@@ -40,7 +40,7 @@ def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[st
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
     try:
-        with _quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
+        with quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
             model.save(tmp)
         with h5py.File(tmp, "a") as f:
             f.attrs[_META_KEY] = metadata
@@ -80,7 +80,7 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
     """
     path = _existing(path)
     try:
-        with _quiet_absl():
+        with quiet_absl():
             return keras.models.load_model(path, safe_mode=safe_mode, compile=compile)
     except ValueError as exc:
         if "lambda" in str(exc).lower() and "safe_mode" in str(exc):
@@ -93,7 +93,7 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
 
 
 @contextmanager
-def _quiet_absl():
+def quiet_absl():
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)

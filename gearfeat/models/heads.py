@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from .errors import InvalidArgumentError, check_seed, first_line, is_int, is_real
+from .._internal.errors import InvalidArgumentError, check_seed, first_line, is_int, is_real
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import GearfeatError
+from .._internal.errors import GearfeatError
 from .runs import RunDir
 
 ACCURACY_DIGITS = 4

@@ -1,53 +1,34 @@
-"""``gearfeat train``: dataset folder -> cached features -> dense head + baseline -> stitched ``model.h5``."""
+"""The transfer pipeline that ``train`` and ``search`` share: check settings, fit the head and the baseline on
+cached features, stitch, check the stitched model against the head, write the run folder."""
 from __future__ import annotations
 
 import csv
-import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
-from .baseline import BASELINE_FILE, check_baseline, make_baseline
-from .dataset import Dataset, check_fractions, scan_dataset, split_dataset, write_skipped
-from .errors import GearfeatError, check_seed
-from .extractor import ExtractorConfig, Extraction, FeatureExtractor
-from .heads import DenseHead
-from .images import load_image
-from .metrics import classification_metrics, max_abs_difference
-from .plots import plot_confusion, plot_history
-from .runs import RunDir
-from .stitch import save_model, stitch
-from .system import machine_summary
+from .._internal.errors import GearfeatError
+from .._internal.system import machine_summary
+from ..data.dataset import Dataset, SplitConfig, write_skipped
+from ..data.images import load_image
+from ..features.extractor import Extraction, ExtractorConfig
+from ..models.baseline import BASELINE_FILE, make_baseline
+from ..models.heads import DenseHead
+from ..models.stitch import save_model, stitch
+from ..outputs.metrics import classification_metrics, max_abs_difference
+from ..outputs.plots import plot_confusion, plot_history
+from ..outputs.runs import RunDir
 
 STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to prove it equals the head
+
+
 STITCH_TOLERANCE = 1e-4  # largest difference of probabilities between the stitched model and the head
-
-
-@dataclass
-class SplitConfig:
-    """How the dataset is split: fractions of each class, seeded."""
-
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_fractions(self.val_fraction, self.test_fraction)
-        check_seed(self.seed)
-
-    def check_for_training(self) -> None:
-        """Raise a GearfeatError naming the option unless both fractions are above 0: a trained model needs
-        validation images to stop early and test images to be measured."""
-        for part, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
-            if not fraction > 0:
-                raise GearfeatError(f"--{part}-fraction is {fraction}: training needs {part} images (validation "
-                                    "to stop early, test to measure); pass a fraction above 0")
 
 
 @dataclass(repr=False)
@@ -57,84 +38,6 @@ class FittedRun:
     metrics: dict
     head: DenseHead
     baseline: Pipeline
-
-
-@dataclass(repr=False)
-class TrainResult:
-    """What ``train`` produced: the run folder, its headline figures and the fitted head and baseline (the
-    head is a clone of the one passed in, which is left as it was)."""
-
-    run_dir: Path
-    metrics: dict
-    extraction: Extraction
-    head: DenseHead
-    baseline: Pipeline
-    skipped: list = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return (f"TrainResult(run_dir={str(self.run_dir)!r}, test_accuracy={self.metrics['test_accuracy']:.4f}, "
-                f"baseline_test_accuracy={self.metrics['baseline_test_accuracy']:.4f}, "
-                f"images={len(self.extraction.dataset.records)}, skipped={len(self.skipped)})")
-
-
-def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
-                    batch_size: int | None = None, progress: bool = True,
-                    log: Callable[[str], None] = print) -> Extraction:
-    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command).
-
-    The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
-    """
-    dataset = scan_dataset(data_dir)
-    extractor = FeatureExtractor(config, progress=progress,
-                                 **({} if batch_size is None else {"batch_size": batch_size}))
-    extraction = extractor.extract(dataset, cache_dir)
-    extraction.skipped = dataset.skipped + extraction.skipped
-    write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")
-    for item in extraction.skipped:
-        log(f"skipped {item.path}: {item.reason}")
-    log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
-        f"{len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
-    return extraction
-
-
-def image_features(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Features (N, D) of image files, computed with the settings of the ``train`` or ``search`` run
-    ``run_dir``: what its head (``model_``) and its baseline (:func:`~gearfeat.baseline.load_baseline`) take.
-    An unusable file raises an ImageError naming it."""
-    paths = list(paths)
-    if not paths:
-        raise GearfeatError("image_features needs at least one image path")
-    info = RunDir(run_dir).read_json("run.json")
-    if "extractor" not in info:
-        raise GearfeatError(f"{run_dir} is a `gearfeat {info.get('command')}` run, which has no cached-feature "
-                            "settings; pass a train or search run")
-    config = ExtractorConfig(**info["extractor"])
-    images = [load_image(path, config.image_size) for path in paths]
-    return FeatureExtractor(config, progress=False).features_of(np.stack(images))
-
-
-def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, config: ExtractorConfig | None = None,
-          head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
-          baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
-
-    Writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
-    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (settings, sizes and wall times).
-    """
-    started = time.perf_counter()
-    config = config or ExtractorConfig()
-    head = head or DenseHead()
-    split = split or SplitConfig()
-    check_settings(config=config, split=split, head=head)  # before the extraction, which can take minutes
-    check_baseline(baseline, baseline_c)
-    run = RunDir(out, create=True, log=log)
-    extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
-    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
-    fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
-                          baseline_c=baseline_c, started=started, log=log)
-    return TrainResult(run.path, fitted.metrics, extraction, fitted.head, fitted.baseline, extraction.skipped)
 
 
 def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHead | None = None) -> None:

@@ -1,6 +1,6 @@
 """Decode one image file into a standardized ``(size, size, 3)`` uint8 RGB array.
 
-Every problem with a file's content is reported as :class:`~gearfeat.errors.ImageError`
+Every problem with a file's content is reported as :class:`~gearfeat._internal.errors.ImageError`
 with a short human reason, so that a bad file can be skipped and listed, never crash a run.
 """
 
@@ -13,7 +13,7 @@ import struct
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from gearfeat.errors import GearfeatError, ImageError, is_int
+from .._internal.errors import GearfeatError, ImageError, is_int
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "decode_image", "standardize", "os_error_reason"]
 

@@ -9,8 +9,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from .errors import GearfeatError, check_seed, is_real
-from .runs import RunDir
+from .._internal.errors import GearfeatError, check_seed, is_real
+from ..outputs.runs import RunDir
 
 BASELINE_FILE = "baseline.joblib"
 """Where a train or search run keeps its fitted baseline."""

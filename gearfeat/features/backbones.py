@@ -10,9 +10,9 @@ from typing import Callable
 
 import keras
 
-from .errors import GearfeatError, WeightsUnavailableError, first_line
-from .fileio import hash_file
-from .progress import keras_downloads
+from .._internal.errors import GearfeatError, WeightsUnavailableError, first_line
+from .._internal.fileio import hash_file
+from .._internal.progress import keras_downloads
 
 A = keras.applications
 
@@ -24,7 +24,7 @@ class BackboneSpec:
     name: str
     factory: Callable[..., keras.Model]
     native_size: int
-    preprocess: str  # a key of gearfeat.layers.PREPROCESSORS
+    preprocess: str  # a key of gearfeat.features.layers.PREPROCESSORS
     features: int  # width of the pooled features (at alpha 1.0 for the MobileNets)
     has_alpha: bool = False
     extra_kwargs: tuple = ()  # fixed keyword arguments, e.g. include_preprocessing

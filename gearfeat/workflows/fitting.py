@@ -21,16 +21,15 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss
 
-from .dataset import Dataset, Skipped, scan_dataset, split_dataset, write_skipped
-from .errors import GearfeatError, ImageError
-from .images import load_image
-from .metrics import classification_metrics
-from .plots import plot_confusion, plot_history
-from .progress import Progress
-from .runs import RunDir
-from .stitch import _quiet_absl, save_model
-from .system import machine_summary
-from .training import SplitConfig
+from .._internal.errors import GearfeatError, ImageError
+from .._internal.progress import Progress
+from .._internal.system import machine_summary
+from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
+from ..data.images import load_image
+from ..models.stitch import quiet_absl, save_model
+from ..outputs.metrics import classification_metrics
+from ..outputs.plots import plot_confusion, plot_history
+from ..outputs.runs import RunDir
 
 Log = Callable[[str], None]
 
@@ -212,7 +211,7 @@ def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Pat
         callbacks.append(limit)
     seed = data.split.seed
     started = time.perf_counter()
-    with _quiet_absl():  # ModelCheckpoint's .h5 saves would each warn that the format is "legacy"
+    with quiet_absl():  # ModelCheckpoint's .h5 saves would each warn that the format is "legacy"
         history = model.fit(batches(*data.arrays("train"), int(config.batch_size), shuffle=True, seed=seed),
                             validation_data=batches(*data.arrays("val"), int(config.batch_size)),
                             epochs=int(config.epochs), callbacks=callbacks, shuffle=False, verbose=0)

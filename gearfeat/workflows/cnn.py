@@ -1,7 +1,7 @@
 """``gearfeat cnn``: a convolutional network trained from scratch on the images.
 
-The architecture is text (see :mod:`gearfeat.architecture`); the images are decoded once, split as
-``gearfeat train`` splits them, and trained end to end with the callbacks of :mod:`gearfeat.fitting`.
+The architecture is text (see :mod:`gearfeat.models.architecture`); the images are decoded once, split as
+``gearfeat train`` splits them, and trained end to end with the callbacks of :mod:`gearfeat.workflows.fitting`.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from dataclasses import asdict
 
 import keras
 
-from .architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn
+from ..data.dataset import SplitConfig
+from ..data.images import check_image_size
+from ..models.architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn
+from ..models.heads import compile_model
+from ..outputs.runs import RunDir
 from .fitting import FitConfig, FitResult, finish_run, fit, load_split
-from .heads import compile_model
-from .images import check_image_size
-from .runs import RunDir
-from .training import SplitConfig
 
 
 def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: str = DEFAULT_LAYERS,

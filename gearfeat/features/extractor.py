@@ -22,14 +22,14 @@ import numpy as np
 import PIL
 import tensorflow as tf
 
-from . import __version__
+from .._internal.errors import GearfeatError, ImageError, is_int, is_real
+from .._internal.progress import Progress
+from .._version import __version__
+from ..data.dataset import Dataset, Skipped, scan_dataset, write_skipped
+from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache
-from .dataset import Dataset, Skipped
-from .errors import GearfeatError, ImageError, is_int, is_real
-from .images import STANDARDIZE_VERSION, check_image_size, decode_image
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
-from .progress import Progress
 
 DEFAULT_BATCH_SIZE = 16  # small batches in several streams interleave best with decoding (bench_extract.py)
 DEFAULT_STREAMS = 4  # batches in the backbone at once: fills the cores that one call leaves idle
@@ -67,7 +67,7 @@ class ExtractorConfig:
         return get_spec(self.backbone).preprocess
 
     def cache_attrs(self) -> dict[str, object]:
-        """The fingerprint attributes of the cache (see :mod:`gearfeat.cache`)."""
+        """The fingerprint attributes of the cache (see :mod:`gearfeat.features.cache`)."""
         return {
             "backbone": self.backbone,
             "alpha": "default" if self.alpha is None else self.alpha,
@@ -344,3 +344,22 @@ def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | Imag
             return exc
     return wrapped
 
+
+def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
+                    batch_size: int | None = None, progress: bool = True,
+                    log: Callable[[str], None] = print) -> Extraction:
+    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command).
+
+    The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
+    """
+    dataset = scan_dataset(data_dir)
+    extractor = FeatureExtractor(config, progress=progress,
+                                 **({} if batch_size is None else {"batch_size": batch_size}))
+    extraction = extractor.extract(dataset, cache_dir)
+    extraction.skipped = dataset.skipped + extraction.skipped
+    write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")
+    for item in extraction.skipped:
+        log(f"skipped {item.path}: {item.reason}")
+    log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
+        f"{len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
+    return extraction

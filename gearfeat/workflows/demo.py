@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .backbones import create_backbone
-from .baseline import BASELINE_FILE
-from .errors import GearfeatError, WeightsUnavailableError, is_int
-from .extractor import ExtractorConfig
-from .heads import DenseHead
-from .prediction import Prediction, predict_images
-from .report import write_report
-from .shapes import SHAPES, make_shape_images, make_shapes_dataset
-from .training import SplitConfig, TrainResult, train
+from .._internal.errors import GearfeatError, WeightsUnavailableError, is_int
+from ..data.dataset import SplitConfig
+from ..data.synthetic import SHAPES, make_shape_images, make_shapes_dataset
+from ..features.backbones import create_backbone
+from ..features.extractor import ExtractorConfig
+from ..models.baseline import BASELINE_FILE
+from ..models.heads import DenseHead
+from ..outputs.report import write_report
+from .predict import Prediction, predict_images
+from .train import TrainResult, train
 
 DEMO_CONFIG = ExtractorConfig("densenet121", weights="imagenet", image_size=128, backbone_size=128)
 """The demo's backbone: seconds for the demo's images on 2 CPU cores, a 29 MB ImageNet download; offline, its
@@ -67,7 +68,7 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     ``weights`` as everywhere ("imagenet", None for random, or a local file). When the ImageNet download
     fails (offline) the backbone falls back to random initialization, and the terminal and the report say so.
     ``config`` overrides the backbone settings (its ``image_size`` is also the size of the drawn images);
-    ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.training.train`.
+    ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.train`.
     """
     started = time.perf_counter()
     for option, value, least in (("--per-class", per_class, 3), ("--new-images", n_new, 1)):

@@ -10,11 +10,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .dataset import is_hidden
-from .errors import GearfeatError, ImageError, InvalidArgumentError, is_int
-from .images import IMAGE_EXTENSIONS, load_image
-from .plots import png_path, plot_predictions
-from .stitch import load_model, model_info
+from .._internal.errors import GearfeatError, ImageError, InvalidArgumentError, is_int
+from ..data.dataset import is_hidden
+from ..data.images import IMAGE_EXTENSIONS, load_image
+from ..features.extractor import ExtractorConfig, FeatureExtractor
+from ..models.stitch import load_model, model_info
+from ..outputs.plots import plot_predictions, png_path
+from ..outputs.runs import RunDir
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Predictor:
         for path in paths:
             if not isinstance(path, (str, os.PathLike)):
                 raise GearfeatError(f"predict takes image file paths, got {type(path).__name__}; save the image "
-                                    "first, or standardize it with gearfeat.images.standardize and call the "
+                                    "first, or standardize it with gearfeat.data.images.standardize and call the "
                                     "model directly")
         paths = [image for path in paths for image in _images_in(path)]
         images: list[np.ndarray | None] = []
@@ -160,3 +162,19 @@ def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathL
                    plot: str | os.PathLike | None = None, safe_mode: bool = True) -> list[Prediction]:
     """Load ``model_path`` safely and classify ``paths``; optionally draw the prediction grid to ``plot``."""
     return Predictor.from_file(model_path, safe_mode=safe_mode).predict(paths, plot=plot)
+
+
+def image_features(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Features (N, D) of image files, computed with the settings of the ``train`` or ``search`` run
+    ``run_dir``: what its head (``model_``) and its baseline (:func:`~gearfeat.models.baseline.load_baseline`) take.
+    An unusable file raises an ImageError naming it."""
+    paths = list(paths)
+    if not paths:
+        raise GearfeatError("image_features needs at least one image path")
+    info = RunDir(run_dir).read_json("run.json")
+    if "extractor" not in info:
+        raise GearfeatError(f"{run_dir} is a `gearfeat {info.get('command')}` run, which has no cached-feature "
+                            "settings; pass a train or search run")
+    config = ExtractorConfig(**info["extractor"])
+    images = [load_image(path, config.image_size) for path in paths]
+    return FeatureExtractor(config, progress=False).features_of(np.stack(images))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gearfeat.errors import GearfeatError, is_int
+from .._internal.errors import GearfeatError, is_int
 
 # A drawer fills one shape centred at ``center`` inside the square of half-side ``radius``.
 Drawer = Callable[[ImageDraw.ImageDraw, tuple[float, float], float, tuple[int, int, int], np.random.Generator], None]

@@ -27,7 +27,7 @@ from typing import Iterator, Mapping
 import h5py
 import numpy as np
 
-from .errors import GearfeatError, first_line
+from .._internal.errors import GearfeatError, first_line
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")

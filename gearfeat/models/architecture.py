@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from .errors import GearfeatError, first_line
+from .._internal.errors import GearfeatError, first_line
 
 #: The default architecture: the challenge's conv/pool/dense start, deepened to four conv blocks with batch
 #: normalization, global average pooling and dropout so that it generalizes from ~1,300 images.

@@ -17,13 +17,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .dataset import scan_dataset
-from .errors import GearfeatError, is_int
+from .._internal.errors import GearfeatError, is_int
+from ..data.dataset import SplitConfig, scan_dataset
+from ..models.heads import compile_model
+from ..models.stitch import load_model
+from ..outputs.runs import RunDir
 from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
-from .heads import compile_model
-from .runs import RunDir
-from .stitch import load_model
-from .training import SplitConfig
 
 #: Fine-tuning defaults: a learning rate low enough not to wreck the pretrained features, few epochs.
 DEFAULT_FIT = FitConfig(learning_rate=1e-5, batch_size=32, epochs=20, patience=3, reduce_lr_patience=None,

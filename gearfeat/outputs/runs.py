@@ -13,8 +13,8 @@ from typing import Any
 
 import joblib
 
-from .errors import GearfeatError
-from .fileio import hash_file, write_json_atomic
+from .._internal.errors import GearfeatError
+from .._internal.fileio import hash_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 

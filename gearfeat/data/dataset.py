@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gearfeat.errors import GearfeatError, check_seed, is_int, is_real
-from gearfeat.fileio import hash_file, write_json_atomic
-from gearfeat.images import IMAGE_EXTENSIONS, os_error_reason
+from .._internal.errors import GearfeatError, check_seed, is_int, is_real
+from .._internal.fileio import hash_file, write_json_atomic
+from .images import IMAGE_EXTENSIONS, os_error_reason
 
 __all__ = [
     "ImageRecord", "Skipped", "Dataset", "scan_dataset", "split_dataset", "write_skipped", "hash_file",
@@ -335,3 +335,24 @@ def _digest(path: Path) -> tuple[str | None, str | None]:
         return hash_file(path), None
     except OSError as exc:
         return None, os_error_reason(exc)
+
+
+@dataclass
+class SplitConfig:
+    """How the dataset is split: fractions of each class, seeded."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fractions(self.val_fraction, self.test_fraction)
+        check_seed(self.seed)
+
+    def check_for_training(self) -> None:
+        """Raise a GearfeatError naming the option unless both fractions are above 0: a trained model needs
+        validation images to stop early and test images to be measured."""
+        for part, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if not fraction > 0:
+                raise GearfeatError(f"--{part}-fraction is {fraction}: training needs {part} images (validation "
+                                    "to stop early, test to measure); pass a fraction above 0")

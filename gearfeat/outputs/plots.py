@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix
 
-from gearfeat.errors import GearfeatError
+from .._internal.errors import GearfeatError
 
 _DPI = 120
 _CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")

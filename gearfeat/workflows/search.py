@@ -1,0 +1,128 @@
+"""``gearfeat search``: many heads tried on the same cached features, in parallel; the best becomes model.h5.
+
+The backbone runs once (the feature cache). Every trial trains one configuration, a :class:`DenseHead` or a
+scikit-learn baseline, on the same seeded train split and is scored on the validation split. The test split
+is used once: the best configurations are retrained and the run folder is written exactly as ``gearfeat
+train`` writes it (:func:`gearfeat.workflows.transfer.fit_and_save`), plus ``trials.csv``, ``trials.json``,
+``leaderboard.md`` and ``search.png``.
+
+Trials run through joblib. ``loky`` (the default) runs them in worker processes, each with TensorFlow's
+thread pools sized to cores / workers so they do not oversubscribe the CPU; ``threading`` runs them in one
+process; ``dask`` (a running ``dask.distributed`` scheduler) and ``ray`` (a Ray cluster) spread them over a
+cluster. The feature arrays are sent once, not read from HDF5 per trial: loky memory-maps arrays above
+joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask scatters each array once
+(joblib's auto-scatter of large arguments, by identity), Ray holds each in its object store (put once, read
+by reference), and threads share them."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.dataset import Skipped, SplitConfig, split_dataset
+from ..features.extractor import ExtractorConfig, extract_dataset
+from ..models.heads import DenseHead
+from ..outputs.runs import RunDir
+from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
+from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
+from ..tuning.space import SearchSpace, parse_space
+from ..tuning.trials import parameter_influence, rank_trials, run_trials
+from .transfer import check_settings, fit_and_save
+
+Log = Callable[[str], None]
+
+
+@dataclass(repr=False)
+class SearchResult:
+    """What :func:`search` produced: the run folder, every trial, the leaderboard (best first), the metrics of
+    the retrained models and the models themselves (the best dense head, in ``model.h5``, and the best
+    baseline)."""
+
+    run_dir: Path
+    trials: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    skipped: list[Skipped]
+    head: DenseHead
+    baseline: Any
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The first trial of the leaderboard, of any model (a baseline may beat every dense head)."""
+        return self.leaderboard[0]
+
+    def __repr__(self) -> str:
+        return (f"SearchResult(run_dir={str(self.run_dir)!r}, trials={len(self.trials)}, best_trial="
+                f"{self.best['trial']} ({self.best['model']}), test_accuracy={self.metrics['test_accuracy']:.4f})")
+
+
+def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
+           space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
+           jobs: int = -1, backend: str | None = None, address: str | None = None,
+           config: ExtractorConfig | None = None, split: SplitConfig | None = None,
+           cache_dir: str | os.PathLike = "cache", progress: bool = True, log: Log = print) -> SearchResult:
+    """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
+    retrain the best head and the best baseline (the defaults of a model no trial tried) and write the run
+    folder like ``gearfeat train``.
+
+    ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
+    ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
+    runs the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and ``search.png`` besides
+    ``model.h5`` (the best dense head) and the rest of a train run.
+    """
+    started = time.perf_counter()
+    space = parse_space(space)
+    config = config or ExtractorConfig()
+    split = split or SplitConfig()
+    check_settings(config=config, split=split)
+    n_trials = None if n_trials == "all" else n_trials  # as --trials all
+    configurations = space.configurations(n_trials, seed=split.seed)
+    backend = backend or DEFAULT_BACKEND
+    get_backend(backend, address)
+    check_jobs(jobs)
+    run = RunDir(out, create=True, log=log)
+    extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
+    X, y = extraction.features, extraction.dataset.labels
+    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
+                          seed=split.seed)
+    t0 = time.perf_counter()
+    trials = run_trials(configurations, X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]],
+                        n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
+                        backend=backend, address=address, progress=progress, log=log)
+    search_seconds = time.perf_counter() - t0
+    board = rank_trials(trials)
+    by_trial = {t["trial"]: t for t in board}
+    trials = [by_trial[t["trial"]] for t in trials]
+    write_trials(run, trials)
+    best_head = next((t for t in board if t["model"] == "dense"), None)
+    best_base = next((t for t in board if t["model"] != "dense"), None)
+    base_params = best_base["params"] if best_base else {}
+    baseline, baseline_c = base_params.get("baseline", "logreg"), base_params.get("baseline_c", 1.0)
+    info = {
+        "space": space.to_json(), "configurations": len(space), "trials": len(trials),
+        "strategy": "grid" if len(trials) == len(space) else "random", "jobs": jobs, "backend": backend,
+        "address": address, "seconds": search_seconds, "winner": board[0]["trial"],
+        "head_trials": sum(t["model"] == "dense" for t in trials),
+        "baseline_trials": sum(t["model"] != "dense" for t in trials),
+        "best_head_trial": best_head and best_head["trial"], "best_baseline_trial": best_base and best_base["trial"],
+    }
+    kept_baseline = f"{kept_summary(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
+    log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
+        f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
+    fitted = fit_and_save(run, extraction, parts, head=DenseHead(**(best_head["params"] if best_head else {})),
+                          split=split, baseline=baseline, baseline_c=baseline_c, started=started,
+                          command="search", extra={"search": info}, log=log)
+    metrics = fitted.metrics
+    winner = board[0]
+    test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"
+    metrics["winner"] = {"trial": winner["trial"], "model": winner["model"], "params": winner["params"],
+                         "val_accuracy": winner["val_accuracy"], "test_accuracy": metrics[test_key]}
+    run.write_json("metrics.json", metrics)
+    influence = parameter_influence(trials)
+    write_leaderboard(run, board, info, influence, metrics, kept_baseline)
+    plot_search(trials, run / "search.png", influence)
+    run.record("search.png")
+    return SearchResult(run.path, trials, board, metrics, extraction.skipped, fitted.head, fitted.baseline)
