@@ -476,7 +476,9 @@ def unpickling_calls(source: str) -> list[int]:
 def test_every_pickle_load_in_the_package_goes_through_rundir():
     assert unpickling_calls("import joblib, pickle, numpy as np\njoblib.load(p)\npickle.loads(b)\n"
                             "np.load(p, allow_pickle=True)\nclass U(pickle.Unpickler): pass\n") == [2, 3, 4, 5]
-    found = {source.name: unpickling_calls(source.read_text()) for source in (ROOT / "gearfeat").glob("*.py")}
-    runs_line = next(i for i, line in enumerate((ROOT / "gearfeat" / "runs.py").read_text().splitlines(), 1)
+    package = ROOT / "gearfeat"
+    found = {source.relative_to(package).as_posix(): unpickling_calls(source.read_text())
+             for source in package.rglob("*.py")}
+    runs_line = next(i for i, line in enumerate((package / "outputs" / "runs.py").read_text().splitlines(), 1)
                      if "return joblib.load(path)" in line)
-    assert {name: lines for name, lines in found.items() if lines} == {"runs.py": [runs_line]}
+    assert {name: lines for name, lines in found.items() if lines} == {"outputs/runs.py": [runs_line]}

@@ -125,7 +125,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, number of classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "model_")
-        return _probabilities(self.model_, _check_width(_check_features(X), self.n_features_in_, "X"))
+        return _forward(self.model_, _check_width(_check_features(X), self.n_features_in_, "X"))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted class labels (N,): values of ``classes_``."""
@@ -183,6 +183,27 @@ def _probabilities(model: keras.Model, X: np.ndarray) -> np.ndarray:
     predict function costs more than the arithmetic."""
     return np.concatenate([keras.ops.convert_to_numpy(model(X[i:i + _PREDICT_BATCH], training=False))
                            for i in range(0, max(len(X), 1), _PREDICT_BATCH)])
+
+
+def _forward(model: keras.Model, X: np.ndarray) -> np.ndarray:
+    """The head's inference pass in float64 NumPy from its weights: each row's probabilities do not depend on
+    the other rows of the call (float32 kernels sum in an order that depends on a row's place in its tile)."""
+    x = X.astype(np.float64)
+    for layer in model.layers[1:]:
+        weights = [np.asarray(w, dtype=np.float64) for w in layer.get_weights()]
+        if isinstance(layer, keras.layers.Dense):
+            x = x @ weights[0] + (weights[1] if layer.use_bias else 0.0)
+            if layer.activation.__name__ == "softmax":
+                x = np.exp(x - x.max(axis=1, keepdims=True))
+                x /= x.sum(axis=1, keepdims=True)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = weights
+            x = (x - mean) / np.sqrt(variance + layer.epsilon) * gamma + beta
+        elif isinstance(layer, keras.layers.Activation) and layer.activation.__name__ == "relu":
+            x = np.maximum(x, 0.0)
+        elif not isinstance(layer, keras.layers.Dropout):
+            raise TypeError(f"no inference rule for head layer {layer.name!r}")
+    return x
 
 
 class _EagerValidation(keras.callbacks.Callback):
