@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_options(p)
     g = p.add_argument_group("search")
     g.add_argument("--space", default=None,
-                   help="YAML or JSON file {parameter: [values]} (default: the built-in space, see the README)")
+                   help="YAML or JSON file {parameter: [values]} (default: the built-in space, see docs/search.md)")
     g.add_argument("--param", action="append", default=[], metavar="NAME=V1,V2",
                    help="values of one parameter, e.g. dropout=0.2,0.5 or hidden=[256],[512,128],[] "
                         "(repeatable; on top of --space)")

@@ -41,7 +41,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 IMAGE_SIZE = 32
 CIFAR_BATCH_SIZE = 64  # images per backbone batch: large batches suit the GPU this script is meant for
-DEFAULT_BACKBONE = "resnet50"  # why: README, "CIFAR-10 with Keras Applications (scripts/0-transfer.py)"
+DEFAULT_BACKBONE = "resnet50"  # why: docs/cifar10.md
 HEAD_DEFAULTS = {"hidden": (512,), "dropout": 0.5, "batch_size": 256, "epochs": 50, "patience": 5}
 """The dense head's settings for CIFAR-10's 45,000 training features (the rest is DenseHead's defaults)."""
 RELOAD_CHECK_IMAGES = 64  # test images run through the reloaded .h5 to prove it equals head(features)

@@ -28,7 +28,7 @@ DEMO_CONFIG = ExtractorConfig("densenet121", weights="imagenet", image_size=128,
 """The demo's backbone: seconds for the demo's images on 2 CPU cores, a 29 MB ImageNet download; offline, its
 random features still separate the shapes better than MobileNetV2's (whose random features are ~1e-11 in
 scale, leaving the dense head at chance) or ResNet50's, with both the head and the baseline (measured on 3
-split seeds; see the README)."""
+split seeds)."""
 PER_CLASS = 200
 NEW_IMAGES = 6
 
