@@ -1,71 +1,68 @@
-"""Progress on stderr: a small dependency-free progress bar (count, rate and time left), and Keras's
-download messages moved off stdout."""
+"""Progress on stderr: tqdm's bar (count, rate and time left) that says at its end whether the work was done or
+stopped, and Keras's download messages moved off stdout."""
 from __future__ import annotations
 
 import io
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from typing import IO
 
+from tqdm import tqdm
+
+_FINAL = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {rate_fmt}, "
+
 
 class Progress:
-    """``with Progress(total, "extract", unit="img") as bar: bar.update(n)``; silent when ``enabled`` is False."""
+    """``with Progress(total, "extract", unit="img") as bar: bar.update(n)``; silent when ``enabled`` is False.
 
-    def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True, stream=None):
-        self.total, self.desc, self.unit = total, desc, unit
+    A tqdm bar on ``stream`` (stderr), redrawn at most 10 times a second on a terminal and written as a line of
+    its own every 10 s in a log file. Its last line says "done in" when the block ended well and "stopped after"
+    when an error or an interrupt ended it (nothing when it stopped before the first update).
+    """
+
+    def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.interactive = self.enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.count = 0
-        self._drawn = False
-        self._start = self._last = time.perf_counter()
+        interactive = getattr(self.stream, "isatty", lambda: False)()
+        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total <= 0, leave=False,
+                         file=self.stream if interactive else _LogLines(self.stream),
+                         mininterval=0.1 if interactive else 10.0, delay=0.0 if interactive else 10.0)
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if self.enabled and exc_type is None:
-            self._draw(final=True)
-        elif self.enabled and self.count:  # stopped by an error or an interrupt: where, not "done"
-            self._draw(final=True, stopped=True)
-        elif self.interactive and self._drawn:
-            self.stream.write("\n")  # end the bar's line: the error goes on a line of its own
-
-    @property
-    def rate(self) -> float:
-        elapsed = time.perf_counter() - self._start
-        return self.count / elapsed if elapsed > 0 else 0.0
+        bar = self._bar
+        if bar.disable:
+            return
+        shown = exc_type is None or bar.n > 0
+        final = {**bar.format_dict, "rate": None, "ncols": None}  # the overall rate; a bar never cut short
+        bar.close()  # clears its line on a terminal
+        if shown:
+            ending = "done in {elapsed}" if exc_type is None else "stopped after {elapsed}"
+            self.stream.write(tqdm.format_meter(**{**final, "bar_format": _FINAL + ending}) + "\n")
+            self.stream.flush()
 
     def update(self, n: int = 1) -> None:
-        self.count += n
-        now = time.perf_counter()
-        # redraw at most 10 times a second on a terminal, every 10 s in a log file
-        if self.enabled and now - self._last >= (0.1 if self.interactive else 10.0):
-            self._last = now
-            self._draw()
-
-    def _draw(self, final: bool = False, stopped: bool = False) -> None:
-        self._drawn = True
-        rate = self.rate
-        left = (self.total - self.count) / rate if rate > 0 else float("nan")
-        width = 24
-        filled = int(width * min(self.count, self.total) / self.total)
-        line = (f"{self.desc}: [{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
-                f"{rate:.1f} {self.unit}/s, "
-                + (f"{'stopped after' if stopped else 'done in'} {_clock(time.perf_counter() - self._start)}"
-                   if final else f"{_clock(left)} left"))
-        end = "\n" if final or not self.interactive else ""
-        self.stream.write(("\r" if self.interactive else "") + line + end)
-        self.stream.flush()
+        self._bar.update(n)
 
 
-def _clock(seconds: float) -> str:
-    if seconds != seconds:  # NaN
-        return "--:--"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes:d}:{secs:02d}"
+class _LogLines(io.TextIOBase):
+    """What tqdm redraws in place with ``\\r``, as one line per redraw (for a stream that is not a terminal)."""
+
+    def __init__(self, target: IO[str]):
+        self.target = target
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.target.write(text.strip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 @contextmanager
