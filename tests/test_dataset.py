@@ -163,17 +163,79 @@ def test_permission_denied_file_and_folder(tmp_path, monkeypatch):
     assert len(dataset.records) == 2
 
 
-def test_folder_symlinks_followed_once_without_looping(tmp_path):
+def test_folder_links_inside_the_class_are_followed_once_without_looping(tmp_path):
+    make(tmp_path, "cats/a.jpg")
+    make(tmp_path, "cats/sub/b.jpg")
+    make(tmp_path, "dogs/a.jpg")
+    (tmp_path / "cats/more").symlink_to(tmp_path / "cats/sub")
+    (tmp_path / "cats/sub/again").symlink_to(tmp_path / "cats")  # a loop back up to its own class folder
+    dataset = scan_quietly(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in dataset.paths] == ["cats/a.jpg", "cats/more/b.jpg", "dogs/a.jpg"]
+    assert reasons(dataset, tmp_path) == {
+        "cats/more/again": f"folder already scanned (same as {os.path.realpath(tmp_path / 'cats')})",
+        "cats/sub": f"folder already scanned (same as {os.path.realpath(tmp_path / 'cats/sub')})"}
+
+
+def test_folder_links_leading_out_of_their_class_are_skipped_saying_where(tmp_path):
+    data = tmp_path / "data"
     make(tmp_path, "elsewhere/linked.jpg")
+    make(data, "cats/a.jpg")
+    make(data, "dogs/a.jpg")
+    make(data, ".hidden/c.jpg")
+    targets = {"cats/up": (data, "the dataset root"), "cats/top": (tmp_path, "a folder above its class folder"),
+               "cats/dogs": (data / "dogs", "class 'dogs'"), "cats/out": (tmp_path / "elsewhere", "outside the dataset"),
+               "cats/hid": (data / ".hidden", "elsewhere in the dataset")}
+    for link, (target, _) in targets.items():
+        (data / link).symlink_to(target)
+    dataset = scan_quietly(data)
+    assert dataset.class_names == ["cats", "dogs"]  # the link to the root no longer lists dogs under cats
+    assert [os.path.relpath(p, data) for p in dataset.paths] == ["cats/a.jpg", "dogs/a.jpg"]
+    assert {k: v for k, v in reasons(dataset, data).items() if k in targets} == {
+        link: f"folder link leads outside its class folder, to {where} ({os.path.realpath(target)}); not followed"
+        for link, (target, where) in targets.items()}
+
+
+def test_a_file_reached_through_a_link_in_its_class_is_one_image(tmp_path):
+    make(tmp_path, "cats/a.jpg")
+    make(tmp_path, "cats/b.jpg")
+    make(tmp_path, "dogs/a.jpg")
+    (tmp_path / "cats/0-link.jpg").symlink_to(tmp_path / "cats/b.jpg")  # sorts before its target
+    (tmp_path / "cats/sub").mkdir()
+    (tmp_path / "cats/sub/c.jpg").symlink_to("../a.jpg")
+    (tmp_path / "cats/sub/d.jpg").symlink_to("c.jpg")  # a link to a link: still the same file
+    dataset = scan_quietly(tmp_path)
+    assert [os.path.relpath(p, tmp_path) for p in dataset.paths] == ["cats/a.jpg", "cats/b.jpg", "dogs/a.jpg"]
+    assert reasons(dataset, tmp_path) == {
+        "cats/0-link.jpg": f"same file as {tmp_path / 'cats/b.jpg'} (reached through a link)",
+        "cats/sub/c.jpg": f"same file as {tmp_path / 'cats/a.jpg'} (reached through a link)",
+        "cats/sub/d.jpg": f"same file as {tmp_path / 'cats/a.jpg'} (reached through a link)"}
+
+
+def test_a_file_link_to_an_image_outside_is_used_under_its_link_path(tmp_path):
+    make(tmp_path, "photos/x.jpg", "outside")
     make(tmp_path, "data/cats/a.jpg")
     make(tmp_path, "data/dogs/a.jpg")
-    (tmp_path / "data/cats/more").symlink_to(tmp_path / "elsewhere")
-    (tmp_path / "data/cats/more/again").symlink_to(tmp_path / "data/cats")  # a loop back up
+    (tmp_path / "data/dogs/x.jpg").symlink_to(tmp_path / "photos/x.jpg")
+    (tmp_path / "data/dogs/y.jpg").symlink_to(tmp_path / "photos/x.jpg")  # two links, one file: one image
     dataset = scan_quietly(tmp_path / "data")
-    assert [os.path.relpath(p, tmp_path / "data") for p in dataset.paths] == [
-        "cats/a.jpg", "cats/more/linked.jpg", "dogs/a.jpg"]
+    assert [os.path.relpath(p, tmp_path) for p in dataset.paths] == [
+        "data/cats/a.jpg", "data/dogs/a.jpg", "data/dogs/x.jpg"]
+    assert list(dataset.labels) == [0, 1, 1] and dataset.hashes[2] == hashlib.sha256(b"outside").hexdigest()
     assert reasons(dataset, tmp_path / "data") == {
-        "cats/more/again": f"folder already scanned (same as {os.path.realpath(tmp_path / 'data/cats')})"}
+        "dogs/y.jpg": f"same file as {tmp_path / 'data/dogs/x.jpg'} (reached through a link)"}
+
+
+def test_a_file_link_to_another_class_is_skipped_and_never_drops_that_class(tmp_path):
+    """A link says "this image has this label too"; gearfeat keeps one label per image, its own folder's."""
+    make(tmp_path, "cats/a.jpg")
+    make(tmp_path, "dogs/only.jpg")  # the only image of dogs: a conflict would drop the class
+    (tmp_path / "cats/dog.jpg").symlink_to(tmp_path / "dogs/only.jpg")
+    dataset = scan_quietly(tmp_path)
+    assert dataset.class_names == ["cats", "dogs"]
+    assert [os.path.relpath(p, tmp_path) for p in dataset.paths] == ["cats/a.jpg", "dogs/only.jpg"]
+    assert reasons(dataset, tmp_path) == {
+        "cats/dog.jpg": f"link to {os.path.realpath(tmp_path / 'dogs/only.jpg')} of class 'dogs': an image has one "
+                        "label, its own folder's, so the link is not used"}
 
 
 def test_identical_bytes_in_two_classes_are_all_skipped(tmp_path):

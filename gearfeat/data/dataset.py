@@ -93,10 +93,17 @@ class Dataset:
 def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
     """List the images of ``root``, a folder with one sub-folder of images per class.
 
-    Sub-folders are searched recursively (following folder symlinks, once each), in sorted
-    order; class names are the sorted folder names. Classes with no usable image are left out
-    with a warning. Files with identical bytes in two classes are all skipped: their label is
-    unknowable.
+    Sub-folders are searched recursively, in sorted order; class names are the sorted folder
+    names. Classes with no usable image are left out with a warning. Files with identical bytes
+    in two classes are all skipped: their label is unknowable.
+
+    Links: a folder link is followed (once: loops are skipped) only while it stays inside its
+    class folder; one leading anywhere else (the dataset root, an ancestor, another class, out
+    of the dataset) is skipped with a reason saying where it leads. A file link to an image
+    outside the dataset is used, under its link's path. A file link to another class's image
+    is skipped (an image has one label, its own folder's), so the target keeps its class. A
+    file reached by two paths in its class (a link and its target) is one image: the path
+    that is not a link is kept, the other skipped as the same file.
 
     Raises:
         GearfeatError: ``root`` is missing or unreadable, has no class folders, or fewer than
@@ -114,7 +121,8 @@ def _scan(root: Path, min_classes: int) -> Dataset:
     skipped: list[Skipped] = []
     found: list[tuple[str, Path, str]] = []  # (class, path, sha256)
     folders = _class_folders(root, skipped)
-    listed = [(folder.name, path) for folder in folders for path in _walk(folder, skipped, seen=set())]
+    places = _Places(os.path.realpath(root), {os.path.realpath(folder): folder.name for folder in folders})
+    listed = [(folder.name, path) for folder in folders for path in _class_files(folder, places, skipped)]
     paths = [path for _, path in listed]
     pool = ThreadPoolExecutor(_HASH_THREADS)  # hashlib and file reads release the GIL
     try:  # chunks of files, not one task per file: a task costs more than hashing a small image
@@ -266,21 +274,74 @@ def _class_folders(root: Path, skipped: list[Skipped]) -> list[Path]:
     return folders
 
 
-def _walk(folder: Path, skipped: list[Skipped], seen: set[str]) -> Iterator[Path]:
-    """Files under ``folder``, recursively in sorted order, each folder once (symlink loops)."""
-    seen.add(os.path.realpath(folder))
+@dataclass(frozen=True)
+class _Places:
+    """Where links may lead: the dataset root's real path and each class folder's, with its name."""
+
+    root: str
+    classes: dict[str, str]
+
+    def where(self, real: str, home: str) -> str | None:
+        """None if ``real`` lies in the class folder ``home`` (both real paths), else where it lies, in words."""
+        if _inside(real, home):
+            return None
+        if real == self.root:
+            return "the dataset root"
+        if _inside(home, real):
+            return "a folder above its class folder"
+        name = next((name for folder, name in self.classes.items() if _inside(real, folder)), None)
+        if name is not None:
+            return f"class {name!r}"
+        return "elsewhere in the dataset" if _inside(real, self.root) else "outside the dataset"
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _class_files(folder: Path, places: _Places, skipped: list[Skipped]) -> list[Path]:
+    """The files of a class folder, each real file once (the path that is not a link preferred)."""
+    home = os.path.realpath(folder)
+    found: dict[str, list[tuple[bool, Path]]] = {}  # real path -> (is a link, path) in walk order
+    for path, real, is_link in _walk(folder, home, places, skipped, seen=set()):
+        found.setdefault(real, []).append((is_link, path))
+    files = []
+    for paths in found.values():
+        kept = min(paths, key=lambda item: item[0])[1]  # the first one that is not a link, else the first
+        files.append(kept)
+        skipped.extend(Skipped(str(path), f"same file as {kept} (reached through a link)")
+                       for _, path in paths if path != kept)
+    return sorted(files, key=lambda path: path.parts)
+
+
+def _walk(folder: Path, home: str, places: _Places, skipped: list[Skipped],
+          seen: set[str]) -> Iterator[tuple[Path, str, bool]]:
+    """``(path, real path, is a link)`` of the files under ``folder`` (in its class folder ``home``),
+    recursively in sorted order, each folder once (symlink loops)."""
+    real_folder = os.path.realpath(folder)
+    seen.add(real_folder)
     try:
         entries = _sorted_entries(folder)
     except OSError as exc:
         skipped.append(Skipped(str(folder), os_error_reason(exc, "folder")))
         return
+    links = {entry.name for entry in entries if entry.is_symlink()}
     for path, is_dir in _entries(folder, entries, skipped):
-        if not is_dir:
-            yield path
-        elif os.path.realpath(path) in seen:
-            skipped.append(Skipped(str(path), f"folder already scanned (same as {os.path.realpath(path)})"))
+        is_link = path.name in links
+        real = os.path.realpath(path) if is_link else os.path.join(real_folder, path.name)
+        where = places.where(real, home) if is_link else None
+        if is_dir and where is not None:
+            skipped.append(Skipped(str(path), f"folder link leads outside its class folder, to {where} "
+                                              f"({real}); not followed"))
+        elif is_dir and real in seen:
+            skipped.append(Skipped(str(path), f"folder already scanned (same as {real})"))
+        elif is_dir:
+            yield from _walk(path, home, places, skipped, seen)
+        elif where is not None and where.startswith("class "):
+            skipped.append(Skipped(str(path), f"link to {real} of {where}: an image has one label, its own "
+                                              "folder's, so the link is not used"))
         else:
-            yield from _walk(path, skipped, seen)
+            yield path, real, is_link
 
 
 def is_hidden(name: str) -> bool:

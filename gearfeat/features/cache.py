@@ -12,13 +12,21 @@ fails its structure or digest check is moved aside and rebuilt. A process killed
 also leave a file that reads fine but refuses further writes (HDF5's space bookkeeping for variable-length
 strings): the first write that fails copies the committed rows into a fresh file and carries on. An
 exclusive file lock serializes writers across processes; readers take a shared lock.
+
+A full disk: HDF5 that runs out of space mid-write can leave its library state broken (errors from object
+deallocation, then a segmentation fault), so every append first allocates the rows' size (with a chunk and
+a margin to spare) at the end of the file with ``posix_fallocate``, where HDF5 then writes, and stops with
+one clear error naming the space the rest of the run needs if that fails: HDF5 never meets a full disk,
+the committed rows stay valid and a later run resumes.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +42,8 @@ _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 256
 _COLUMNS = ("features", "sha256", "digest", "path", "label")
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on a damaged file
+_SPACE_MARGIN = 1 << 20  # bytes left free besides an append's rows: HDF5 metadata, heap and B-tree growth
+_ROW_OVERHEAD = 64 + 8 + 2 * 32  # bytes a row takes besides its features and strings: sha256, digest, heap entries
 
 
 def _settings_json(attrs: Mapping[str, object]) -> str:
@@ -66,6 +76,7 @@ class FeatureCache:
         self.n_rows = 0
         self.dim: int | None = None
         self.log = _stderr
+        self.pending = 0  #: rows the running extraction still means to append (for the space it needs)
 
     # ----------------------------------------------------------------- locating and locking
     @staticmethod
@@ -173,12 +184,15 @@ class FeatureCache:
             raise GearfeatError(f"feature width {dim} does not match cache {self.path} ({self.dim})")
         columns = {"features": features, "sha256": np.array(hashes, dtype="S64"), "digest": row_digest(features),
                    "path": paths, "label": labels}
+        text = sum(len(p.encode()) + len(label.encode()) for p, label in zip(paths, labels))
+        self._reserve(features.nbytes + n_new * _ROW_OVERHEAD + text + _CHUNK_ROWS * dim * 4 + _SPACE_MARGIN,
+                      n_new, dim, text / max(n_new, 1), columns)
         for attempt in (1, 2):
             try:
                 self._write(self.path, self.n_rows, columns)
                 break
             except _H5_ERRORS as exc:
-                if attempt == 2 or not self._rewrite():
+                if attempt == 2 or _no_space(exc) or not self._rewrite():
                     raise GearfeatError(f"cannot write cache {self.path}: {first_line(exc)} (disk full or "
                                         "read-only? free space or pass another --cache-dir)") from None
                 self.log(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied its "
@@ -186,6 +200,41 @@ class FeatureCache:
         start = self.n_rows
         self._index.update({h: start + i for i, h in enumerate(hashes)})
         self.n_rows, self.dim = start + n_new, dim
+        self.pending = max(0, self.pending - n_new)
+
+    def _reserve(self, needed: int, n_rows: int, dim: int, text_per_row: float,
+                 columns: Mapping[str, np.ndarray | list]) -> None:
+        """Allocate ``needed`` bytes at the end of the file before HDF5 writes into them, or raise a GearfeatError
+        (folder, free space, what the rest of the run needs). HDF5 trims the unused part when it closes the file."""
+        def no_room(free: int) -> GearfeatError:
+            rows = max(self.pending, n_rows)
+            total = rows * (dim * 4 + _ROW_OVERHEAD + text_per_row) + _CHUNK_ROWS * dim * 4 + _SPACE_MARGIN
+            return GearfeatError(
+                f"not enough space for the feature cache in {self.path.parent}: {_size(free)} free, the run needs "
+                f"about {_size(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
+                f"there (the {self.n_rows} rows cached so far are kept) or pass --cache-dir on a disk with room")
+
+        def free() -> int:
+            try:
+                return shutil.disk_usage(self.path.parent).free
+            except OSError:
+                return 0
+
+        if free() < needed:
+            raise no_room(free())
+        if not self.path.exists():  # an empty cache first, so that its rows go into allocated space too
+            self._write(self.path, 0, {key: value[:0] for key, value in columns.items()})
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, os.fstat(fd).st_size, needed)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_room(free()) from None
+            raise GearfeatError(f"cannot write cache {self.path}: {exc.strerror or exc}; pass a writable "
+                                "--cache-dir") from None
 
     def _write(self, path: Path, start: int, columns: Mapping[str, np.ndarray | list]) -> None:
         stop = start + len(columns["features"])
@@ -227,6 +276,20 @@ class FeatureCache:
         f.create_dataset("digest", (0,), "S8", maxshape=(None,), chunks=(4096,))
         f.create_dataset("path", (0,), _STR, maxshape=(None,), chunks=(1024,))
         f.create_dataset("label", (0,), _STR, maxshape=(None,), chunks=(1024,))
+
+
+def _no_space(exc: BaseException) -> bool:
+    """True for a write error from a full disk or quota (h5py puts the errno in its message only)."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) \
+        or "No space left" in str(exc)
+
+
+def _size(n: float) -> str:
+    """``n`` bytes in words: 512 B, 3.4 MB, 1.2 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def _stderr(message: str) -> None:

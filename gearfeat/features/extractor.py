@@ -264,6 +264,7 @@ class FeatureExtractor:
             in_flight.popleft()
             bar.update(len(batch_index))
 
+        cache.pending = len(hashes)
         last_commit = time.perf_counter()
         with Progress(len(hashes), desc, unit="img", enabled=self.progress) as bar, \
                 ThreadPoolExecutor(self.streams, thread_name_prefix="gearfeat-backbone") as backbone:

@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix
 
 from .._internal.errors import GearfeatError
+from .._internal.fileio import atomic_path
 
 _DPI = 120
 _CURVES = ("loss", "val_loss", "accuracy", "val_accuracy")
@@ -220,7 +221,8 @@ def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` (checked by :func:`png_path`), creating its folder, and free its artists."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=_DPI)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=_DPI)
     except OSError as exc:
         raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 import joblib
 
 from .._internal.errors import GearfeatError
-from .._internal.fileio import hash_file, write_json_atomic
+from .._internal.fileio import atomic_path, hash_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -101,7 +101,8 @@ class RunDir:
             raise GearfeatError(f"cannot read {path}: {exc}") from None
 
     def save_joblib(self, obj: Any, name: str) -> Path:
-        joblib.dump(obj, self / name)
+        with atomic_path(self / name) as tmp:
+            joblib.dump(obj, tmp)
         return self.record(name)
 
     def load_joblib(self, name: str) -> Any:

@@ -14,6 +14,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from .._internal.errors import GearfeatError
+from .._internal.fileio import atomic_path
 from .._internal.system import machine_summary
 from ..data.dataset import Dataset, SplitConfig, write_skipped
 from ..data.images import load_image
@@ -145,7 +146,7 @@ def _write_test_predictions(path: Path, dataset: Dataset, test_idx: np.ndarray, 
                             base_pred: np.ndarray) -> None:
     """One row per test image: its file, true class, the head's class and probability, the baseline's class."""
     names = dataset.class_names
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "predicted", "confidence", "baseline"])
         for i, proba, base in zip(test_idx, head_proba, base_pred):
