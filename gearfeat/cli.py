@@ -43,6 +43,28 @@ def add_extractor_options(parser: argparse.ArgumentParser, *, cache_default: str
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """DATA_DIR and the label file that may list its images."""
+    parser.add_argument("data_dir", help="folder with one sub-folder of images per class (or the images that "
+                                         "--labels lists)")
+    g = parser.add_argument_group("label file")
+    g.add_argument("--labels", default=None, metavar="FILE.csv",
+                   help="CSV with a header naming each image (relative to DATA_DIR) and its class, one row per image; "
+                        "instead of class sub-folders")
+    g.add_argument("--path-column", default=None, help="the --labels column of the image files (default: the first)")
+    g.add_argument("--label-column", default=None, help="the --labels column of the classes (default: the second)")
+
+
+def label_file(args: argparse.Namespace):
+    """The label file of ``--labels`` with its columns, or None (class folders)."""
+    from .data.labels import LabelFile
+    if args.labels is None:
+        if args.path_column is not None or args.label_column is not None:
+            raise GearfeatError("--path-column and --label-column name columns of the --labels file; pass --labels")
+        return None
+    return LabelFile(args.labels, path_column=args.path_column, label_column=args.label_column)
+
+
 def add_split_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("split")
     g.add_argument("--val-fraction", type=float, default=0.15)
@@ -132,7 +154,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from .features.extractor import extract_dataset
-    extraction = extract_dataset(args.data_dir, extractor_config(args), cache_dir=args.cache_dir,
+    extraction = extract_dataset(args.data_dir, extractor_config(args), labels=label_file(args),
+                                 cache_dir=args.cache_dir,
                                  batch_size=args.batch_size_extract, progress=not args.no_progress, log=_log)
     print(extraction.cache_path)
     return EXIT_SKIPPED if extraction.skipped else EXIT_OK
@@ -142,7 +165,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .data.dataset import SplitConfig
     from .tuning.space import parse_space
     from .workflows.search import search
-    result = search(args.data_dir, args.out, space=parse_space(args.space, args.param), n_trials=args.trials,
+    result = search(args.data_dir, args.out, labels=label_file(args), space=parse_space(args.space, args.param),
+                    n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
                     cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
@@ -162,7 +186,8 @@ def _trials(text: str) -> int | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.dataset import SplitConfig
     from .workflows.train import train
-    result = train(args.data_dir, args.out, config=extractor_config(args), head=dense_head(args),
+    result = train(args.data_dir, args.out, labels=label_file(args), config=extractor_config(args),
+                   head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
     print(result.run_dir / "model.h5")
@@ -172,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cnn(args: argparse.Namespace) -> int:
     from .data.dataset import SplitConfig
     from .workflows.cnn import train_cnn
-    result = train_cnn(args.data_dir, args.out, layers=args.layers, augment=args.augment,
+    result = train_cnn(args.data_dir, args.out, labels=label_file(args), layers=args.layers, augment=args.augment,
                        image_size=args.image_size, config=fit_config(args),
                        split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
                        progress=not args.no_progress, log=_log)
@@ -253,14 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_backbones)
 
     p = sub.add_parser("extract", help="fill the feature cache for a dataset folder")
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    add_data_options(p)
     add_extractor_options(p)
     p.add_argument("--batch-size-extract", type=_positive_int, default=None,
                    help="images per backbone batch (default 16; the features do not depend on it)")
     p.set_defaults(run=cmd_extract)
 
     p = sub.add_parser("train", help="extract (or reuse) features, train head and baseline, save model.h5")
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     add_extractor_options(p)
     add_split_options(p)
@@ -269,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="try many heads on the cached features in parallel; the best becomes "
                                       "model.h5")
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     add_extractor_options(p)
     add_split_options(p)
@@ -329,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="layers: " + ", ".join(t.usage() for t in list_layers(augment=False))
                        + "\naugmentation: " + ", ".join(t.usage() for t in list_layers(augment=True)))
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    add_data_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--layers", default=DEFAULT_LAYERS,
                    help=f"architecture after the input and rescaling, before the softmax output "

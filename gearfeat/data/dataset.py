@@ -1,4 +1,5 @@
-"""A dataset folder with one sub-folder per class, and its grouped, stratified split.
+"""A dataset folder with one sub-folder per class (or a label file, see :mod:`gearfeat.data.labels`), and its
+grouped, stratified split.
 
 Files are listed, never decoded, here: a file that is clearly unusable (hidden, wrong extension,
 empty, unreadable, or the same bytes as a file of another class) is listed in ``skipped`` with a
@@ -24,6 +25,7 @@ import numpy as np
 from .._internal.errors import GearfeatError, check_seed, is_int, is_real
 from .._internal.fileio import hash_file, write_json_atomic
 from .images import IMAGE_EXTENSIONS, os_error_reason
+from .labels import LabelFile, read_label_file
 
 __all__ = [
     "ImageRecord", "Skipped", "Dataset", "scan_dataset", "split_dataset", "write_skipped", "hash_file",
@@ -65,6 +67,7 @@ class Dataset:
     class_names: list[str]
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
+    label_file: LabelFile | None = None  #: the CSV that listed the images, None for class folders
 
     def __repr__(self) -> str:
         return (f"Dataset(root={str(self.root)!r}, classes={len(self.class_names)}, images={len(self.records)}, "
@@ -75,7 +78,12 @@ class Dataset:
         bad = list(bad)
         drop = {item.path for item in bad}
         records = [record for record in self.records if str(record.path) not in drop]
-        return Dataset(self.root, list(self.class_names), records, [*self.skipped, *bad])
+        return Dataset(self.root, list(self.class_names), records, [*self.skipped, *bad], self.label_file)
+
+    def source(self) -> dict[str, object]:
+        """Where the images came from, for run.json: ``data_dir`` and ``labels`` (the label file, or None)."""
+        return {"data_dir": str(Path(self.root).resolve()),
+                "labels": None if self.label_file is None else self.label_file.to_dict()}
 
     @property
     def labels(self) -> np.ndarray:
@@ -90,11 +98,13 @@ class Dataset:
         return [record.sha256 for record in self.records]
 
 
-def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
-    """List the images of ``root``, a folder with one sub-folder of images per class.
+def scan_dataset(root: str | os.PathLike, *, labels: str | os.PathLike | LabelFile | None = None,
+                 min_classes: int = 2) -> Dataset:
+    """List the images of ``root``, a folder with one sub-folder of images per class, or the files that the
+    CSV ``labels`` names (relative to ``root``) with their classes (see :func:`~gearfeat.data.labels.read_label_file`).
 
     Sub-folders are searched recursively, in sorted order; class names are the sorted folder
-    names. Classes with no usable image are left out with a warning. Files with identical bytes
+    names (or the label file's classes). Classes with no usable image are left out with a warning. Files with identical bytes
     in two classes are all skipped: their label is unknowable.
 
     Links: a folder link is followed (once: loops are skipped) only while it stays inside its
@@ -106,23 +116,30 @@ def scan_dataset(root: str | os.PathLike, *, min_classes: int = 2) -> Dataset:
     that is not a link is kept, the other skipped as the same file.
 
     Raises:
-        GearfeatError: ``root`` is missing or unreadable, has no class folders, or fewer than
-            ``min_classes`` classes have images.
+        GearfeatError: ``root`` is missing or unreadable, has no class folders, the label file is not a
+            usable CSV, or fewer than ``min_classes`` classes have images.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise GearfeatError(f"the data folder must be a path, got {root!r}")
     if not is_int(min_classes, 1):
         raise GearfeatError(f"min_classes must be an integer >= 1, got {min_classes!r}")
     with _collection_paused():  # tens of thousands of new objects, none of them garbage
-        return _scan(Path(root), min_classes)
+        return _scan(Path(root), min_classes, None if labels is None else LabelFile.of(labels))
 
 
-def _scan(root: Path, min_classes: int) -> Dataset:
+def _scan(root: Path, min_classes: int, labels: LabelFile | None) -> Dataset:
     skipped: list[Skipped] = []
     found: list[tuple[str, Path, str]] = []  # (class, path, sha256)
-    folders = _class_folders(root, skipped)
-    places = _Places(os.path.realpath(root), {os.path.realpath(folder): folder.name for folder in folders})
-    listed = [(folder.name, path) for folder in folders for path in _class_files(folder, places, skipped)]
+    if labels is None:
+        folders = _class_folders(root, skipped)
+        places = _Places(os.path.realpath(root), {os.path.realpath(folder): folder.name for folder in folders})
+        listed = [(folder.name, path) for folder in folders for path in _class_files(folder, places, skipped)]
+        classes = {folder.name: str(folder) for folder in folders}  # class -> where its images are
+    else:
+        _check_folder(root)
+        listed, bad = read_label_file(labels, root)
+        skipped.extend(Skipped(path, reason) for path, reason in bad)
+        classes = {name: f"in {labels.path}" for name in sorted({name for name, _ in listed})}
     paths = [path for _, path in listed]
     pool = ThreadPoolExecutor(_HASH_THREADS)  # hashlib and file reads release the GIL
     try:  # chunks of files, not one task per file: a task costs more than hashing a small image
@@ -139,20 +156,20 @@ def _scan(root: Path, min_classes: int) -> Dataset:
 
     usable = _without_conflicts(found, skipped)
     with_images = {name for name, _, _ in usable}
-    class_names = [folder.name for folder in folders if folder.name in with_images]
-    for folder in folders:
-        if folder.name not in with_images:
-            warnings.warn(f"class {folder.name!r} ({folder}) has no usable images; it is left out",
-                          stacklevel=3)
+    class_names = [name for name in classes if name in with_images]
+    for name, where in classes.items():
+        if name not in with_images:
+            warnings.warn(f"class {name!r} ({where}) has no usable images; it is left out", stacklevel=3)
     if len(class_names) < min_classes:
         raise GearfeatError(
-            f"{root}: found only {len(class_names)} class{'' if len(class_names) == 1 else 'es'} with "
-            f"images ({', '.join(class_names) or 'none'}); need at least {min_classes}: "
-            "add a sub-folder of images for each class")
+            f"{root if labels is None else labels.path}: found only {len(class_names)} "
+            f"class{'' if len(class_names) == 1 else 'es'} with images ({', '.join(class_names) or 'none'}); need "
+            f"at least {min_classes}: " + ("add a sub-folder of images for each class" if labels is None else
+                                           "list images of each class, one row each (see the skipped rows)"))
     label = {name: i for i, name in enumerate(class_names)}
     records = [ImageRecord(path, label[name], digest) for name, path, digest in usable]
     skipped.sort(key=lambda item: item.path)  # in path order, however the threads and checks found them
-    return Dataset(root, class_names, records, skipped)
+    return Dataset(root, class_names, records, skipped, labels)
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -250,13 +267,18 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
     return n_val, n_test
 
 
-def _class_folders(root: Path, skipped: list[Skipped]) -> list[Path]:
-    """The class sub-folders of ``root``, sorted; other entries go to ``skipped``."""
+def _check_folder(root: Path) -> None:
+    """Raise a GearfeatError unless ``root`` is a folder."""
     if not root.exists():
         raise GearfeatError(f"dataset folder not found: {root}; pass a folder with one sub-folder per class")
     if not root.is_dir():
         raise GearfeatError(f"{root} is a file, not a folder; pass the folder that holds one sub-folder "
                             "per class")
+
+
+def _class_folders(root: Path, skipped: list[Skipped]) -> list[Path]:
+    """The class sub-folders of ``root``, sorted; other entries go to ``skipped``."""
+    _check_folder(root)
     try:
         entries = _sorted_entries(root)
     except OSError as exc:

@@ -27,6 +27,7 @@ from .._internal.progress import Progress
 from .._version import __version__
 from ..data.dataset import Dataset, Skipped, scan_dataset, write_skipped
 from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image
+from ..data.labels import LabelFile
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
@@ -346,14 +347,16 @@ def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | Imag
     return wrapped
 
 
-def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *, cache_dir: str | os.PathLike = "cache",
+def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
+                    labels: str | os.PathLike | LabelFile | None = None, cache_dir: str | os.PathLike = "cache",
                     batch_size: int | None = None, progress: bool = True,
                     log: Callable[[str], None] = print) -> Extraction:
-    """Scan ``data_dir``, fill the cache for it and return the features (the ``gearfeat extract`` command).
+    """Scan ``data_dir`` (its class folders, or the files the CSV ``labels`` names), fill the cache for it and
+    return the features (the ``gearfeat extract`` command).
 
     The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
     """
-    dataset = scan_dataset(data_dir)
+    dataset = scan_dataset(data_dir, labels=labels)
     extractor = FeatureExtractor(config, progress=progress,
                                  **({} if batch_size is None else {"batch_size": batch_size}))
     extraction = extractor.extract(dataset, cache_dir)

@@ -14,20 +14,23 @@ import keras
 
 from ..data.dataset import SplitConfig
 from ..data.images import check_image_size
+from ..data.labels import LabelFile
 from ..models.architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, build_cnn
 from ..models.heads import compile_model
 from ..outputs.runs import RunDir
 from .fitting import FitConfig, FitResult, finish_run, fit, load_split
 
 
-def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: str = DEFAULT_LAYERS,
+def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *,
+              labels: str | os.PathLike | LabelFile | None = None, layers: str = DEFAULT_LAYERS,
               augment: str = DEFAULT_AUGMENT, image_size: int = 128, config: FitConfig | None = None,
               split: SplitConfig | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> FitResult:
     """Train a CNN from scratch on ``data_dir`` and write the run folder ``out``.
 
-    The split is the one ``gearfeat train`` uses for the same seed. Writes ``model.h5`` (checkpointed during
-    training at every new lowest validation loss), ``metrics.json``, ``history.json``, ``loss.png``,
+    ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). The split is the one
+    ``gearfeat train`` uses for the same seed. Writes ``model.h5`` (checkpointed during training at every new
+    lowest validation loss), ``metrics.json``, ``history.json``, ``loss.png``,
     ``confusion.png``, ``skipped.json``, ``run.json`` and ``manifest.json``.
     """
     started = time.perf_counter()
@@ -36,7 +39,7 @@ def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *, layers: st
     image_size = check_image_size(image_size, "--image-size")
     build_cnn(2, image_size, layers, augment)  # a bad architecture fails before the images are decoded
     run = RunDir(out, create=True, log=log)
-    data = load_split(data_dir, split, image_size, progress=progress, log=log)
+    data = load_split(data_dir, split, image_size, labels=labels, progress=progress, log=log)
     load_seconds = time.perf_counter() - started
 
     keras.utils.set_random_seed(split.seed)

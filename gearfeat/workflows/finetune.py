@@ -19,6 +19,7 @@ import numpy as np
 
 from .._internal.errors import GearfeatError, is_int
 from ..data.dataset import SplitConfig, scan_dataset
+from ..data.labels import LabelFile
 from ..models.heads import compile_model
 from ..models.stitch import load_model
 from ..outputs.runs import RunDir
@@ -87,8 +88,8 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
              progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
     """Fine-tune the model of the transfer run ``run_dir`` and write the run folder ``out``.
 
-    Uses the run's data folder (or ``data_dir``), image size and split, so the test split is the one the
-    head-only model was measured on; ``metrics.json`` has ``test_accuracy`` after fine-tuning and
+    Uses the run's data folder (or ``data_dir``) and label file, image size and split, so the test split is the
+    one the head-only model was measured on; ``metrics.json`` has ``test_accuracy`` after fine-tuning and
     ``head_only_test_accuracy``, the starting model on the same test images (and its ``head_only_test_loss``,
     ``head_only_val_accuracy``, ``head_only_val_loss``). Losses are the mean cross-entropy, without the
     head's L2 penalty that Keras adds to the ``val_loss`` of ``history.json``.
@@ -109,7 +110,8 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     split = SplitConfig(**{k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")})
     image_size = int(model.input_shape[1])
     data_dir = data_dir or info["data_dir"]
-    dataset = scan_dataset(data_dir)
+    recorded = info.get("labels")  # a run trained from a label file is fine-tuned on the same rows
+    dataset = scan_dataset(data_dir, labels=LabelFile(**recorded) if recorded else None)
     _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
     if Path(out).resolve() == source.path.resolve():
         raise GearfeatError(f"--out {out} is the run being fine-tuned; write the fine-tuned run to another folder")

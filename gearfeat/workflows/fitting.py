@@ -26,6 +26,7 @@ from .._internal.progress import Progress
 from .._internal.system import machine_summary
 from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
 from ..data.images import load_image
+from ..data.labels import LabelFile
 from ..models.stitch import quiet_absl, save_model
 from ..outputs.metrics import classification_metrics
 from ..outputs.plots import plot_confusion, plot_history
@@ -112,17 +113,19 @@ def decode_images(dataset: Dataset, size: int, *, workers: int | None = None,
     return np.stack(images), kept
 
 
-def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size: int, *, progress: bool = True,
+def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size: int, *,
+               labels: str | os.PathLike | LabelFile | None = None, progress: bool = True,
                log: Log = print) -> ImageSplit:
-    """Scan the folder ``data`` (or take it already scanned), decode its images at ``image_size`` and split them
-    as ``gearfeat train`` does.
+    """Scan the folder ``data`` (by its ``labels`` file, if given; or take it already scanned), decode its images
+    at ``image_size`` and split them as ``gearfeat train`` does.
 
     Raises:
         GearfeatError: a fraction is 0 (training needs validation images to stop early and test images to
             be measured), or the data folder cannot be used.
     """
     split.check_for_training()
-    images, dataset = decode_images(data if isinstance(data, Dataset) else scan_dataset(data), image_size,
+    images, dataset = decode_images(data if isinstance(data, Dataset) else scan_dataset(data, labels=labels),
+                                    image_size,
                                     progress=progress)
     for item in dataset.skipped:
         log(f"skipped {item.path}: {item.reason}")
@@ -273,7 +276,7 @@ def finish_run(run: RunDir, model: keras.Model, data: ImageSplit, fitted: dict[s
     run.record("skipped.json")
     run.write_json("run.json", {
         "command": command,
-        "data_dir": str(Path(data.dataset.root).resolve()),
+        **data.dataset.source(),
         **record,
         "image_size": int(data.images.shape[1]),
         "epochs_run": fitted["epochs_run"],

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.dataset import Skipped, SplitConfig, split_dataset
+from ..data.labels import LabelFile
 from ..features.extractor import ExtractorConfig, extract_dataset
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
@@ -59,7 +60,7 @@ class SearchResult:
                 f"{self.best['trial']} ({self.best['model']}), test_accuracy={self.metrics['test_accuracy']:.4f})")
 
 
-def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
+def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | LabelFile | None = None,
            space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
            jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
@@ -70,8 +71,9 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
 
     ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
     ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
-    runs the whole grid. Writes ``trials.csv``, ``trials.json``, ``leaderboard.md`` and ``search.png`` besides
-    ``model.h5`` (the best dense head) and the rest of a train run.
+    runs the whole grid. ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). Writes
+    ``trials.csv``, ``trials.json``, ``leaderboard.md`` and ``search.png`` besides ``model.h5`` (the best dense
+    head) and the rest of a train run.
     """
     started = time.perf_counter()
     space = parse_space(space)
@@ -84,7 +86,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     get_backend(backend, address)
     check_jobs(jobs)
     run = RunDir(out, create=True, log=log)
-    extraction = extract_dataset(data_dir, config, cache_dir=cache_dir, progress=progress, log=log)
+    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress,
+                                 log=log)
     X, y = extraction.features, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)

@@ -119,7 +119,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     run.record("skipped.json")
     run.write_json("run.json", {
         "command": command,
-        "data_dir": str(Path(dataset.root).resolve()),
+        **dataset.source(),
         "extractor": asdict(config),
         "cache": str(Path(extraction.cache_path).resolve()),  # usable from any working folder
         "head": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
