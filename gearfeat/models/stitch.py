@@ -12,6 +12,7 @@ import h5py
 import keras
 
 from .._internal.errors import GearfeatError, first_line
+from .._internal.fileio import atomic_path
 from .heads import compile_model
 
 _META_KEY = "gearfeat"
@@ -38,17 +39,14 @@ def save_model(model: keras.Model, path: str | os.PathLike, class_names: list[st
     except TypeError as exc:
         raise GearfeatError(f"model metadata must be JSON values: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.h5")
     try:
-        with quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
-            model.save(tmp)
-        with h5py.File(tmp, "a") as f:
-            f.attrs[_META_KEY] = metadata
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a failed save leaves no temporary file behind
+            with quiet_absl():  # Keras calls .h5 "legacy"; it is the format this project promises
+                model.save(tmp)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[_META_KEY] = metadata
     except OSError as exc:
         raise GearfeatError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed save leaves no temporary file behind
     return path
 
 
