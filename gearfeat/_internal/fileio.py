@@ -38,6 +38,7 @@ def atomic_path(path: str | os.PathLike, *, needed: int = 0) -> Iterator[Path]:
         raise GearfeatError(f"cannot write {path}: {free / 1e6:.1f} MB free in {path.parent}, it needs about "
                             f"{needed / 1e6:.1f} MB; free space on that disk or write to another folder")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix for writers that need it
+    tmp.unlink(missing_ok=True)  # left by a killed run of a process with this id
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,16 +48,16 @@ def atomic_path(path: str | os.PathLike, *, needed: int = 0) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) through :func:`atomic_path`."""
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write bytes, or text as UTF-8, through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Write JSON through :func:`atomic_path`: readers never see a half-written file."""
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+    return write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _reason(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from .._internal.errors import GearfeatError, first_line
+from .._internal.fileio import atomic_path
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -251,18 +252,15 @@ class FeatureCache:
 
     def _rewrite(self) -> bool:
         """Replace the file with a fresh copy of its committed, verified rows (atomic rename); False if not possible."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with h5py.File(self.path, "r") as old:
                 columns = {key: old[key][: self.n_rows] for key in _COLUMNS}
             if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
                 return False
-            tmp.unlink(missing_ok=True)
-            self._write(tmp, 0, columns)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path) as tmp:
+                self._write(tmp, 0, columns)
             return True
-        except _H5_ERRORS:
-            tmp.unlink(missing_ok=True)
+        except (GearfeatError, *_H5_ERRORS):  # atomic_path turns a failed write into a GearfeatError
             return False
 
     def _create(self, f: h5py.File, dim: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._internal.errors import GearfeatError
-from .._internal.fileio import write_text_atomic
+from .._internal.fileio import write_atomic
 from .runs import RunDir
 
 ACCURACY_DIGITS = 4
@@ -124,7 +124,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     figures = _Figures(out.parent, files)
     sections = [_title(runs), _abstract(runs, notes), _introduction(runs), _methods(runs),
                 _results(runs, figures, predictions_png), _discussion(runs), _appendix(runs)]
-    write_text_atomic(out, "\n\n".join(s.strip() for s in sections) + "\n")
+    write_atomic(out, "\n\n".join(s.strip() for s in sections) + "\n")
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .._internal.fileio import write_text_atomic
+from .._internal.fileio import write_atomic
 from ..outputs.plots import png_path, save_figure
 from ..outputs.runs import RunDir
 from .space import PARAMS
@@ -33,7 +33,7 @@ def write_trials(run: RunDir, trials: Sequence[Mapping[str, Any]]) -> None:
         writer.writerow([t["trial"], t["rank"], t["model"],
                          *(_text(t["params"][n]) if n in t["params"] else "" for n in names),
                          *("" if t[c] is None else t[c] for c in _RESULT_COLUMNS)])
-    write_text_atomic(run / "trials.csv", buffer.getvalue())
+    write_atomic(run / "trials.csv", buffer.getvalue())
     run.record("trials.csv")
 
 
@@ -74,7 +74,7 @@ def write_leaderboard(run: RunDir, board: Sequence[Mapping[str, Any]], info: Map
         loss = "" if t["val_loss"] is None else f"{t['val_loss']:.4f}"
         lines.append(f"| {t['rank']} | {t['trial']} | {t['model']} | {t['val_accuracy']:.4f} | {loss} | "
                      f"{t['epochs_run'] or ''} | {t['seconds']:.1f} | {params} |")
-    write_text_atomic(run / "leaderboard.md", "\n".join(lines) + "\n")
+    write_atomic(run / "leaderboard.md", "\n".join(lines) + "\n")
     run.record("leaderboard.md")
 
 

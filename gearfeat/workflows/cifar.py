@@ -26,6 +26,7 @@ from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from .._internal.errors import GearfeatError, first_line
+from .._internal.fileio import atomic_path
 from .._internal.progress import keras_downloads
 from ..features.extractor import ExtractorConfig, FeatureExtractor
 from ..models.baseline import make_baseline
@@ -188,18 +189,15 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     model.compile(optimizer=keras.optimizers.Adam(head.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     path = Path(out)
-    unchecked = path.with_name(f".{path.stem}.unchecked.h5")  # becomes ``out`` only once it passes the check
     try:
-        save_model(model, unchecked, list(CLASS_NAMES), kind="cifar10", image_size=IMAGE_SIZE,
-                   backbone=config.backbone, backbone_size=config.backbone_size,
-                   **{key: metrics[key] for key in ("test_accuracy", "baseline_test_accuracy")})
-        metrics["saved_vs_head_max_abs_diff"] = _reload_check(unchecked, x_test[:RELOAD_CHECK_IMAGES],
-                                                              y_test[:RELOAD_CHECK_IMAGES], proba)
-        os.replace(unchecked, path)
+        with atomic_path(path) as unchecked:  # becomes ``out`` only once it passes the check
+            save_model(model, unchecked, list(CLASS_NAMES), kind="cifar10", image_size=IMAGE_SIZE,
+                       backbone=config.backbone, backbone_size=config.backbone_size,
+                       **{key: metrics[key] for key in ("test_accuracy", "baseline_test_accuracy")})
+            metrics["saved_vs_head_max_abs_diff"] = _reload_check(unchecked, x_test[:RELOAD_CHECK_IMAGES],
+                                                                  y_test[:RELOAD_CHECK_IMAGES], proba)
     except GearfeatError as exc:
         raise GearfeatError(f"{path} not written: {exc}") from None
-    finally:
-        unchecked.unlink(missing_ok=True)
     metrics["seconds"] = {"extract": extract_seconds, "head": head_seconds, "baseline": baseline_seconds,
                           "total": time.perf_counter() - started}
     if plots is not None:
