@@ -5,7 +5,6 @@ simulated ones patch the writes and run everywhere.
 """
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
@@ -164,15 +163,17 @@ def test_a_full_disk_mid_write_leaves_no_half_written_run_file(tmp_path):
             f.truncate(5)
         raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
 
-    def write_then_fail(self, text, encoding=None):
-        Path.write_bytes(self, text.encode()[:7])
+    real_write_bytes = Path.write_bytes
+
+    def write_then_fail(self, data):
+        real_write_bytes(self, data[:7])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(joblib, "dump", dump_then_fail)
         with pytest.raises(GearfeatError, match="cannot write .*baseline.joblib: No space left on device; free space"):
             run.save_joblib({"a": 2}, "baseline.joblib")
-        patch.setattr(Path, "write_text", write_then_fail)
+        patch.setattr(Path, "write_bytes", write_then_fail)
         with pytest.raises(GearfeatError, match="cannot write .*metrics.json: No space left on device; free space"):
             run.write_json("metrics.json", {"accuracy": 0.5})
     assert json.loads((run.path / "metrics.json").read_text()) == {"accuracy": 1.0}
@@ -206,7 +207,7 @@ def test_train_into_a_full_run_folder_exits_1_and_leaves_only_whole_files(shapes
 def test_write_json_atomic_refuses_a_read_only_folder_in_one_line(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
-    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "write_bytes", read_only)
     with pytest.raises(GearfeatError, match="cannot write .*x.json: Read-only file system; write to a folder"):
         write_json_atomic(tmp_path / "x.json", {})
     assert list(tmp_path.iterdir()) == []
