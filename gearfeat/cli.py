@@ -237,6 +237,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if any(p.error for p in predictions) else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .models.export import export
+    export(args.source, args.out, format=args.format, quantize=args.quantize, log=_log)
+    print(args.out)
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .outputs.report import write_report
     if not args.out.lower().endswith(".md"):
@@ -316,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("predict", help="classify images with a saved model")
-    p.add_argument("model", help="a .h5 model written by gearfeat, or the run folder that holds it")
+    p.add_argument("model", help="a .h5 model written by gearfeat (or its run folder), or its .keras, .tflite or "
+                   "SavedModel export")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--json", action="store_true",
                    help="print a JSON array of {path, label, confidence} (and top, the K most probable, with --top-k)")
@@ -326,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true",
                    help="load with safe_mode=False (runs code stored in the file: only for files you trust)")
     p.set_defaults(run=cmd_predict)
+
+    from .models.export import FORMATS, QUANTIZATIONS
+    p = sub.add_parser("export", help="export a model for deployment (SavedModel, TFLite, .keras), checked "
+                                      "against model.h5 before it is kept")
+    p.add_argument("source", help="a run folder or a model.h5")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="the export to write (a folder for savedmodel, else .tflite/.keras)")
+    p.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
+                   help="tflite only: quantize; kept with its deviation and test accuracy reported")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("report", help="write a journal-style Markdown report of run folders")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",

@@ -232,6 +232,6 @@ def test_the_label_is_the_most_probable_class(model_path, tmp_path):
     predictor = prediction.Predictor.from_file(model_path)
     image = _image(tmp_path)
     [result] = predictor.predict([image])
-    probabilities = predictor.model.predict(load_image(image, predictor.image_size)[None], verbose=0)[0]
+    probabilities = predictor.runner(load_image(image, predictor.image_size)[None])[0]
     assert result.label == predictor.class_names[int(np.argmax(probabilities))]
     assert result.confidence == pytest.approx(float(probabilities.max()), abs=1e-6)

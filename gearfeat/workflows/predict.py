@@ -14,7 +14,7 @@ from .._internal.errors import GearfeatError, ImageError, InvalidArgumentError, 
 from ..data.dataset import is_hidden
 from ..data.images import IMAGE_EXTENSIONS, load_image
 from ..features.extractor import ExtractorConfig, FeatureExtractor
-from ..models.stitch import load_model, model_info
+from ..models.export import KerasRunner, ModelRunner, open_model
 from ..outputs.plots import plot_predictions, png_path
 from ..outputs.runs import RunDir
 
@@ -49,33 +49,28 @@ class Prediction:
 class Predictor:
     """A loaded model with its class names: ``Predictor.from_file("run/model.h5").predict(paths)``."""
 
-    def __init__(self, model: keras.Model, class_names: Sequence[str]):
-        self.image_size = _image_size(model)
-        self.model = model
+    def __init__(self, model: keras.Model | ModelRunner, class_names: Sequence[str]):
+        self.runner = model if isinstance(model, ModelRunner) else KerasRunner(model)
+        self.image_size = self.runner.image_size
         self.class_names = list(class_names)
-        if model.output_shape[-1] != len(self.class_names):
-            raise GearfeatError(f"model has {model.output_shape[-1]} outputs but {len(self.class_names)} "
+        if self.runner.n_classes != len(self.class_names):
+            raise GearfeatError(f"model has {self.runner.n_classes} outputs but {len(self.class_names)} "
                                 "class names")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, safe_mode: bool = True) -> "Predictor":
-        """Load ``path`` (Keras ``safe_mode`` by default) with the class names gearfeat saved in it; a model
-        without them is used with its output indexes as labels, with a warning."""
-        if Path(path).is_dir():  # a run folder: its model
-            path = Path(path) / "model.h5"
-        info = model_info(path)
-        model = load_model(path, safe_mode=safe_mode, compile=False)
-        try:
-            size = _image_size(model)
-        except GearfeatError as exc:
-            raise GearfeatError(f"{path}: {exc}") from None
-        names = info.get("class_names")
+        """Load ``path`` (a ``.h5``, ``.keras``, ``.tflite``, a SavedModel folder or a run folder; Keras
+        ``safe_mode`` by default) with the class names gearfeat saved with it; a model without them is used with
+        its output indexes as labels, with a warning."""
+        runner = open_model(path, safe_mode=safe_mode)
+        names = runner.class_names
         if not names:
+            size = runner.image_size
             warnings.warn(f"{path} holds no class names (not saved by gearfeat?): the labels are output indexes, "
                           f"and images go in as gearfeat standardizes them ({size} x {size} RGB, 0-255)",
                           stacklevel=2)
-            names = [str(i) for i in range(model.output_shape[-1])]
-        return cls(model, names)
+            names = [str(i) for i in range(runner.n_classes)]
+        return cls(runner, names)
 
     def predict(self, paths: Sequence[str | os.PathLike], *, plot: str | os.PathLike | None = None,
                 batch_size: int = 32) -> list[Prediction]:
@@ -106,8 +101,7 @@ class Predictor:
                 results.append(Prediction(str(path), None, None, exc.reason))
         ok = [i for i, r in enumerate(results) if r is None]
         if ok:
-            proba = self.model.predict(np.stack([images[i] for i in ok]).astype(np.float32),
-                                       batch_size=batch_size, verbose=0)
+            proba = self.runner(np.stack([images[i] for i in ok]), batch_size=batch_size)
             if proba.min() < 0 or not np.allclose(proba.sum(axis=1), 1, atol=1e-3):
                 warnings.warn("the model's outputs are not probabilities (no softmax?): the confidences are its "
                               "raw outputs", stacklevel=2)
@@ -143,19 +137,6 @@ def _draw(predictions: Sequence[Prediction], images: Sequence[np.ndarray | None]
     return plot_predictions([images[i] for i in ok],
                             [f"{predictions[i].label} {predictions[i].confidence:.2f}" for i in ok], path,
                             captions=[Path(predictions[i].path).name for i in ok])
-
-
-def _image_size(model: keras.Model) -> int:
-    """The side of the square RGB images ``model`` classifies; a GearfeatError for other models."""
-    inputs, outputs = model.input_shape, model.output_shape
-    if not (isinstance(inputs, tuple) and len(inputs) == 4 and inputs[3] == 3 and inputs[1] is not None
-            and inputs[1] == inputs[2]):
-        raise GearfeatError(f"the model takes input {inputs}; gearfeat predicts with models that take square "
-                            "RGB images of a fixed size, (None, size, size, 3), as gearfeat saves them")
-    if not (isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], int)):
-        raise GearfeatError(f"the model gives output {outputs}; gearfeat predicts with models that give one "
-                            "vector of class probabilities, (None, classes)")
-    return int(inputs[1])
 
 
 def predict_images(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
