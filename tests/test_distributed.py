@@ -15,7 +15,7 @@ import pytest
 
 from gearfeat.cli import main
 from gearfeat.features import distributed as dist
-from gearfeat.features.cache import row_digest
+from gearfeat.features.cache import FeatureCache, row_digest
 from gearfeat.features.extractor import extract_dataset
 
 from conftest import tiny_config
@@ -30,7 +30,7 @@ COLUMNS = ("features", "sha256", "digest", "path", "label")
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         client.run(_import_extractor)  # TensorFlow's import, once per worker, outside the tests' time
         yield cluster
 
@@ -119,11 +119,35 @@ def test_cluster_options_are_checked_before_any_work(shapes_dir, tmp_path, capsy
     assert not (tmp_path / "cache").exists()
 
 
+def test_ctrl_c_keeps_the_shards_that_finished(cluster, shapes_dir, tmp_path, small_shards, monkeypatch):
+    config = tiny_config()
+
+    class Interrupted(dist.Progress):
+        def update(self, n: int = 1) -> None:
+            super().update(n)
+            if self.count >= 14:  # after the second shard came back
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "Progress", Interrupted)
+    options = dict(cache_dir=tmp_path / "cluster", progress=False, backend="dask",
+                   address=cluster.scheduler_address, log=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        extract_dataset(shapes_dir, config, **options)
+    with FeatureCache.open(tmp_path / "cluster", config.cache_attrs(), write=False) as cache:
+        kept = len(cache)  # opened, so verified row by row
+    assert 14 <= kept < 60 and kept % 7 == 0  # whole shards only
+    monkeypatch.setattr(dist, "Progress", Interrupted.__mro__[1])
+    resumed = extract_dataset(shapes_dir, config, **options)
+    assert (resumed.computed, resumed.reused) == (60 - kept, kept)
+    local = extract_dataset(shapes_dir, config, cache_dir=tmp_path / "local", progress=False, log=lambda m: None)
+    np.testing.assert_allclose(resumed.features, local.features, atol=1e-5, rtol=0)
+
+
 def _slow_images() -> None:
     """(On a worker.) Each image takes 50 ms more to load, so that a shard is still running when its worker dies."""
     from gearfeat.features import extractor
-    load = extractor.load_image
-    extractor.load_image = lambda *args: time.sleep(0.05) or load(*args)
+    load = extractor.load_checked_image
+    extractor.load_checked_image = lambda *args: time.sleep(0.05) or load(*args)
 
 
 def test_a_worker_killed_mid_shard_has_its_shard_rerun_and_the_cache_stays_valid(cluster, shapes_dir, tmp_path,

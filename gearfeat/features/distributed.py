@@ -134,12 +134,12 @@ def run_shard(settings: dict[str, Any], attrs: dict[str, object], batch_size: in
               paths: list[str]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """(Runs on a worker.) Decode and extract one shard: the hashes computed, their features, and the files
     skipped with their reasons."""
-    from .extractor import load_image
+    from .extractor import load_checked_image
     extractor = _worker_extractor(settings, attrs, batch_size)
     size = extractor.config.image_size
     rows = _Rows()
     failed = extractor._stream(rows, hashes, paths, [""] * len(hashes),
-                               lambda i: load_image(paths[i], hashes[i], size), desc="")
+                               lambda i: load_checked_image(paths[i], hashes[i], size), desc="")
     features = np.concatenate(rows.features) if rows.features else np.zeros((0, 0), np.float32)
     return rows.hashes, features, [(item.path, item.reason) for item in failed]
 

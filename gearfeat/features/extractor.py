@@ -204,8 +204,8 @@ class FeatureExtractor:
             labels = [todo[h][1] for h in hashes]
             desc = f"extract {self.config.backbone}"
             if client is None:
-                failed = self._stream(cache, hashes, paths, labels, lambda i: load_image(paths[i], hashes[i], size),
-                                      desc=desc)
+                failed = self._stream(cache, hashes, paths, labels,
+                                      lambda i: load_checked_image(paths[i], hashes[i], size), desc=desc)
             else:
                 from .distributed import stream_on_cluster
                 failed = stream_on_cluster(client, self, cache, hashes, paths, labels, desc=desc)
@@ -320,7 +320,7 @@ class FeatureExtractor:
                         future.cancel()
 
 
-def load_image(path: str, sha256: str, size: int) -> np.ndarray:
+def load_checked_image(path: str, sha256: str, size: int) -> np.ndarray:
     """The standardized image of the file at ``path``, whose bytes must still hash to ``sha256``."""
     try:
         data = Path(path).read_bytes()
