@@ -89,6 +89,13 @@ def test_extract_cli_on_a_cluster_end_to_end(cluster, shapes_dir, tmp_path, caps
                        os.path.basename(local))
 
 
+def test_train_cli_extracts_on_the_cluster(cluster, shapes_dir, tmp_path, capsys):
+    assert main(["train", str(shapes_dir), *TINY_ARGS, "--epochs", "1", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "run"), "--backend", "dask", "--address", cluster.scheduler_address]) == 0
+    assert "60 images computed, 0 reused" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.h5").is_file()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

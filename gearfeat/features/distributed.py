@@ -149,7 +149,7 @@ def stream_on_cluster(client: Any, extractor: "FeatureExtractor", cache: Feature
                       paths: list[str], labels: list[str], *, desc: str) -> list[Skipped]:
     """Extract ``hashes`` (files at ``paths``) on the cluster's workers into ``cache``, in shards of
     :data:`DEFAULT_SHARD_SIZE` images; the files skipped."""
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     config: ExtractorConfig = extractor.config
     settings, attrs = asdict(config), config.cache_attrs()
@@ -187,7 +187,13 @@ def stream_on_cluster(client: Any, extractor: "FeatureExtractor", cache: Feature
     with Progress(len(hashes), desc, unit="img", enabled=extractor.progress) as bar:
         try:
             for future in pending:
-                shard_hashes, features, skipped = future.result()  # a worker's error is raised here
+                try:
+                    shard_hashes, features, skipped = future.result()  # a worker's error is raised here
+                except KilledWorker:
+                    start, stop = shards[future.shard]
+                    raise GearfeatError(f"dask workers died running images {start}-{stop - 1} again and again "
+                                        f"(first: {paths[start]}); look at the workers' logs (memory?), then "
+                                        "run again: finished shards are kept") from None
                 running.discard(future)
                 start, stop = shards[future.shard]
                 done[future.shard] = (shard_hashes, features)
