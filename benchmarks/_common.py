@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("GEARFEAT_SHARED", ROOT.parent / "shared"))
+"""The real data and weights (a clone's sibling folder ``shared``; GEARFEAT_SHARED for a checkout elsewhere)."""
 GEAR = SHARED / "data" / "gear"
 WEIGHTS_035_224 = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 GENERATED = Path(os.environ.get("GEARFEAT_BENCH_DATA", "/tmp/gearfeat-bench"))

@@ -65,6 +65,15 @@ def label_file(args: argparse.Namespace):
     return LabelFile(args.labels, path_column=args.path_column, label_column=args.label_column)
 
 
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Where the backbone pass runs (``extract`` and ``train``; ``search`` has its own --backend)."""
+    g = parser.add_argument_group("cluster")
+    g.add_argument("--backend", choices=("local", "dask"), default="local",
+                   help="where the backbone runs: local (this process, default) or dask (the workers of a "
+                        "dask.distributed cluster; they must see the images at the same paths)")
+    g.add_argument("--address", default=None, help="dask: the scheduler address (tcp://host:8786)")
+
+
 def add_split_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("split")
     g.add_argument("--val-fraction", type=float, default=0.15)
@@ -155,8 +164,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from .features.extractor import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), labels=label_file(args),
-                                 cache_dir=args.cache_dir,
-                                 batch_size=args.batch_size_extract, progress=not args.no_progress, log=_log)
+                                 cache_dir=args.cache_dir, batch_size=args.batch_size_extract,
+                                 backend=args.backend, address=args.address, progress=not args.no_progress,
+                                 log=_log)
     print(extraction.cache_path)
     return EXIT_SKIPPED if extraction.skipped else EXIT_OK
 
@@ -189,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(args.data_dir, args.out, labels=label_file(args), config=extractor_config(args),
                    head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
-                   baseline_c=args.baseline_c, cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
+                   baseline_c=args.baseline_c, cache_dir=args.cache_dir, backend=args.backend,
+                   address=args.address, progress=not args.no_progress, log=_log)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -287,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="fill the feature cache for a dataset folder")
     add_data_options(p)
     add_extractor_options(p)
+    add_cluster_options(p)
     p.add_argument("--batch-size-extract", type=_positive_int, default=None,
                    help="images per backbone batch (default 16; the features do not depend on it)")
     p.set_defaults(run=cmd_extract)
@@ -295,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     add_extractor_options(p)
+    add_cluster_options(p)
     add_split_options(p)
     add_head_options(p)
     p.set_defaults(run=cmd_train)
@@ -317,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs the whole grid (default 24)")
     g.add_argument("--jobs", type=int, default=-1, help="trials run at once (default -1: every core or worker)")
     g.add_argument("--backend", default=None,
-                   help="joblib backend: loky (processes, default), threading, dask or ray (a cluster)")
+                   help="joblib backend: loky (processes, default), threading, dask or ray (a cluster); dask "
+                        "also runs the extraction on that cluster")
     g.add_argument("--address", default=None,
                    help="dask: the scheduler address (tcp://host:8786); ray: the cluster (default 'auto')")
     p.set_defaults(run=cmd_search)

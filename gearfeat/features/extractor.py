@@ -185,8 +185,9 @@ class FeatureExtractor:
                 self._traced = True
         return self._forward
 
-    def extract(self, dataset: Dataset, cache_dir: str | os.PathLike = "cache") -> Extraction:
-        """Features for every record of ``dataset``, computing only images the cache does not hold yet.
+    def extract(self, dataset: Dataset, cache_dir: str | os.PathLike = "cache", *, client=None) -> Extraction:
+        """Features for every record of ``dataset``, computing only images the cache does not hold yet
+        (with a ``distributed.Client``, on its cluster's workers: see :mod:`gearfeat.features.distributed`).
 
         Files that fail to decode are skipped (listed in ``Extraction.skipped``) and left out of the
         returned dataset; a file whose bytes changed since the scan is skipped too, and so are the files
@@ -200,20 +201,15 @@ class FeatureExtractor:
                 if record.sha256 not in cache and record.sha256 not in todo:
                     todo[record.sha256] = (record.path, dataset.class_names[record.label])
             hashes = list(todo)
-
-            def load(i: int) -> np.ndarray:
-                path = todo[hashes[i]][0]
-                try:
-                    data = Path(path).read_bytes()
-                except OSError as exc:
-                    raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
-                if hashlib.sha256(data).hexdigest() != hashes[i]:
-                    raise ImageError(path, "file changed while gearfeat was running; run again")
-                return decode_image(data, size, name=str(path))
-
             paths = [str(todo[h][0]) for h in hashes]
-            failed = self._stream(cache, hashes, paths, [todo[h][1] for h in hashes], load,
-                                  desc=f"extract {self.config.backbone}")
+            labels = [todo[h][1] for h in hashes]
+            desc = f"extract {self.config.backbone}"
+            if client is None:
+                failed = self._stream(cache, hashes, paths, labels,
+                                      lambda i: load_checked_image(paths[i], hashes[i], size), desc=desc)
+            else:
+                from .distributed import stream_on_cluster
+                failed = stream_on_cluster(client, self, cache, hashes, paths, labels, desc=desc)
             computed = len(hashes) - len(failed)
             failed += _copies_of_failed(dataset, dict(zip(hashes, paths)), failed)
             kept = dataset.without(failed)
@@ -326,6 +322,17 @@ class FeatureExtractor:
                         future.cancel()
 
 
+def load_checked_image(path: str, sha256: str, size: int) -> np.ndarray:
+    """The standardized image of the file at ``path``, whose bytes must still hash to ``sha256``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageError(path, "file changed while gearfeat was running; run again")
+    return decode_image(data, size, name=str(path))
+
+
 def _copies_of_failed(dataset: Dataset, first: dict[str, str], failed: list[Skipped]) -> list[Skipped]:
     """The records with the same bytes as a failed file, skipped for its reason: only the ``first`` path of
     each content (sha256) was read."""
@@ -349,17 +356,21 @@ def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | Imag
 
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
                     labels: str | os.PathLike | LabelFile | None = None, cache_dir: str | os.PathLike = "cache",
-                    batch_size: int | None = None, progress: bool = True,
-                    log: Callable[[str], None] = print) -> Extraction:
+                    batch_size: int | None = None, progress: bool = True, backend: str = "local",
+                    address: str | None = None, log: Callable[[str], None] = print) -> Extraction:
     """Scan ``data_dir`` (its class folders, or the files the CSV ``labels`` names), fill the cache for it and
     return the features (the ``gearfeat extract`` command).
 
-    The files left out are logged and written to ``skipped.json`` in the cache folder (this run's list).
+    ``backend="dask"`` runs the backbone pass on the workers of the dask.distributed scheduler at ``address``
+    (see :mod:`gearfeat.features.distributed`); it is connected to before the scan. The files left out are
+    logged and written to ``skipped.json`` in the cache folder (this run's list).
     """
-    dataset = scan_dataset(data_dir, labels=labels)
+    from .distributed import cluster_client
     extractor = FeatureExtractor(config, progress=progress,
                                  **({} if batch_size is None else {"batch_size": batch_size}))
-    extraction = extractor.extract(dataset, cache_dir)
+    with cluster_client(backend, address) as client:
+        dataset = scan_dataset(data_dir, labels=labels)
+        extraction = extractor.extract(dataset, cache_dir, client=client)
     extraction.skipped = dataset.skipped + extraction.skipped
     write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")
     for item in extraction.skipped:

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from .._internal.errors import GearfeatError, is_int
+from ..features.distributed import check_address
 
 
 def limit_tf_threads(threads: int | None) -> None:
@@ -69,19 +70,6 @@ def _dask(address: str) -> Iterator[dict[str, Any]]:
         yield {"backend": "dask", "client": client}
 
 
-def _check_dask_address(address: str) -> None:
-    """A malformed scheduler address (no port, unknown scheme) is refused before any work; whether the
-    scheduler answers is only known when the trials connect."""
-    from distributed.comm import get_address_host_port
-    if address.startswith("inproc://"):  # an in-process cluster of the caller's (Python API)
-        return
-    try:
-        get_address_host_port(address)
-    except ValueError as exc:
-        raise GearfeatError(f"--address {address!r} is not a dask scheduler address ({exc}); give one such as "
-                            "tcp://10.0.0.5:8786") from None
-
-
 @contextmanager
 def _ray(address: str | None) -> Iterator[dict[str, Any]]:
     import ray
@@ -131,7 +119,7 @@ BACKENDS: dict[str, Backend] = {
     "threading": Backend(lambda address: _local("threading", address), lambda workers: None),
     "dask": Backend(_dask, lambda workers: 1, package="distributed",
                     address="the scheduler of a running dask.distributed cluster (e.g. tcp://10.0.0.5:8786)",
-                    address_required=True, check_address=_check_dask_address),
+                    address_required=True, check_address=check_address),
     "ray": Backend(_ray, lambda workers: 1, package="ray", address="a Ray cluster (default: 'auto')",
                    streams=False),
 }

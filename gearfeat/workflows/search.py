@@ -71,9 +71,10 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
 
     ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
     ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
-    runs the whole grid. ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). Writes
-    ``trials.csv``, ``trials.json``, ``leaderboard.md`` and ``search.png`` besides ``model.h5`` (the best dense
-    head) and the rest of a train run.
+    runs the whole grid. ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). With
+    ``backend="dask"`` the extraction runs on the same cluster as the trials. Writes ``trials.csv``,
+    ``trials.json``, ``leaderboard.md`` and ``search.png`` besides ``model.h5`` (the best dense head) and the
+    rest of a train run.
     """
     started = time.perf_counter()
     space = parse_space(space)
@@ -86,8 +87,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     get_backend(backend, address)
     check_jobs(jobs)
     run = RunDir(out, create=True, log=log)
-    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress,
-                                 log=log)
+    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress, log=log,
+                                 **({"backend": "dask", "address": address} if backend == "dask" else {}))
     X, y = extraction.features, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)

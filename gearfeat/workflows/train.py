@@ -39,15 +39,16 @@ class TrainResult:
 def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
           labels: str | os.PathLike | LabelFile | None = None, config: ExtractorConfig | None = None,
           head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
-          baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", backend: str = "local",
+          address: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
     """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
 
     ``data_dir`` has one sub-folder per class, or ``labels`` (a CSV file, or a :class:`LabelFile` naming its
     columns) lists its images and their classes.
 
     Writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
-    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (settings, sizes and wall times).
+    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (settings, sizes and wall times). ``backend="dask"``
+    and ``address`` run the extraction on a dask.distributed cluster (see :func:`extract_dataset`).
     """
     started = time.perf_counter()
     config = config or ExtractorConfig()
@@ -56,8 +57,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     check_settings(config=config, split=split, head=head)  # before the extraction, which can take minutes
     check_baseline(baseline, baseline_c)
     run = RunDir(out, create=True, log=log)
-    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress,
-                                 log=log)
+    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, backend=backend,
+                                 address=address, progress=progress, log=log)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
