@@ -23,6 +23,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str, *, unit: str = "it", enabled: bool = True, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
+        self.count = 0  # updates so far, also when the bar is not shown
         interactive = getattr(self.stream, "isatty", lambda: False)()
         self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total <= 0, leave=False,
                          file=self.stream if interactive else _LogLines(self.stream),
@@ -44,6 +45,7 @@ class Progress:
             self.stream.flush()
 
     def update(self, n: int = 1) -> None:
+        self.count += n
         self._bar.update(n)
 
 
