@@ -65,7 +65,7 @@ def test_a_figure_that_cannot_be_written_is_one_error_line(tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(plots.Figure, "savefig", full_disk)
-    with pytest.raises(GearfeatError, match=r"^cannot write .*h.png: No space left on device$"):
+    with pytest.raises(GearfeatError, match=r"^cannot write .*h.png: No space left on device; free space on that disk or write to another folder$"):
         plots.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h.png")
 
 
