@@ -222,7 +222,9 @@ def test_backend_errors_are_one_line(blobs, monkeypatch):
     with pytest.raises(GearfeatError, match="jobs must be a positive number"):
         run_trials([{}], *blobs, jobs=0, **quiet)
     with pytest.raises(GearfeatError, match="--address is for the dask and ray backends, not loky"):
-        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)
+        run_trials([{}], *blobs, backend="loky", address="tcp://127.0.0.1:8786", **quiet)
+    with pytest.raises(GearfeatError, match="--address is for the dask and ray backends, not local"):
+        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)  # the default backend
     monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without Ray
     with pytest.raises(GearfeatError, match=re.escape("--backend ray needs the 'ray' package: "
                                                       "pip install gearfeat[ray]")):
@@ -240,7 +242,7 @@ def test_dask_backend_on_a_local_cluster(blobs):
         run_trials(configurations, *blobs, backend="dask", **quiet)
     messages = []
     local = run_trials(configurations, *blobs, jobs=1, progress=False, log=messages.append)
-    assert messages == ["search: 5 trials on 1 loky worker"]  # in this process, its thread pools untouched
+    assert messages == ["search: 5 trials in this process (4 heads in 2 stacks, 1 baseline beside)"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
@@ -273,8 +275,9 @@ def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkey
                         lambda self, calls: waves.append(len(calls)) or call(self, calls))
     updates = []
     monkeypatch.setattr(trials_module.Progress, "update", lambda self, n=1: updates.append(n))
-    rows = run_trials(configurations, *blobs, jobs=2, backend="threading", log=lambda message: None)
-    assert waves == [4, 1] and len(updates) == 5  # waves of twice the workers; the bar moves trial by trial
+    rows = run_trials(configurations, *blobs, jobs=1, backend="threading", log=lambda message: None)
+    # 2 stacks and 1 baseline in waves of twice the workers; the bar moves trial by trial
+    assert waves == [2, 1] and len(updates) == 5
     _assert_same_trials(rows, local, configurations)
 
 
@@ -322,7 +325,12 @@ def searched(shapes_dir, tmp_path_factory):
             spy["trial_inputs"].append((X_train, X_val))
             return run_trial(params, X_train, y_train, X_val, y_val, *args)
 
-        run_trial = trials_module.run_trial
+        def recording_stack(indexes, configurations, X_train, y_train, X_val, y_val, *args):
+            spy["trial_inputs"].extend([(X_train, X_val)] * len(indexes))
+            return run_stack(indexes, configurations, X_train, y_train, X_val, y_val, *args)
+
+        run_trial, run_stack = trials_module.run_trial, trials_module.run_stack
+        mp.setattr(trials_module, "run_stack", recording_stack)
         mp.setattr(DenseHead, "predict_proba", counting(DenseHead.predict_proba, "head_test"))
         mp.setattr(Pipeline, "predict", counting(Pipeline.predict, "baseline_test"))
         mp.setattr(trials_module, "run_trial", recording_trial)

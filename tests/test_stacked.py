@@ -121,3 +121,12 @@ def test_plan_stacks_groups_by_shape_and_splits_by_budget():
                for s in split)
     assert [len(s) for s in split if heads[s[0]].hidden == (256,)] == [2, 2, 2, 2]
     assert len(plan_stacks(heads[:1], n_features=1280, n_classes=5, budget=1)) == 1  # one head over budget
+
+
+def test_select_keeps_the_chosen_heads(problem):
+    X, y, X_val, y_val = problem
+    stack = StackedHeads([DenseHead(hidden=(8,), epochs=3, learning_rate=lr) for lr in (1e-2, 1e-3, 3e-3)])
+    stack.fit(X, y, validation_data=(X_val, y_val))
+    part = stack.select([2, 0])
+    np.testing.assert_array_equal(part.predict_proba(X_val), stack.predict_proba(X_val)[[2, 0]])
+    assert part.head(0).learning_rate == 3e-3 and part.histories_[1] == stack.histories_[0]

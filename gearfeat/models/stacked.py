@@ -187,6 +187,18 @@ class StackedHeads:
         head.best_epoch_ = self.best_epochs_[index]
         return head
 
+    def select(self, indexes: Sequence[int]) -> StackedHeads:
+        """A fitted stack of only the heads at ``indexes`` (their kept weights and histories): small to send
+        between processes where one head of a large stack is wanted."""
+        self._fitted()
+        index = np.asarray(indexes, dtype=np.int64)
+        part = StackedHeads([self.heads[i] for i in index])
+        part.classes_, part.n_features_in_, part._bn = self.classes_, self.n_features_in_, self._bn[index]
+        part.weights_ = self.weights_.map(lambda a, axis: np.take(a, index, axis=axis))
+        part.histories_ = [self.histories_[i] for i in index]
+        part.best_epochs_ = [self.best_epochs_[i] for i in index]
+        return part
+
     def _fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise InvalidArgumentError("this StackedHeads is not fitted yet; call fit first")
