@@ -128,5 +128,6 @@ def test_select_keeps_the_chosen_heads(problem):
     stack = StackedHeads([DenseHead(hidden=(8,), epochs=3, learning_rate=lr) for lr in (1e-2, 1e-3, 3e-3)])
     stack.fit(X, y, validation_data=(X_val, y_val))
     part = stack.select([2, 0])
-    np.testing.assert_array_equal(part.predict_proba(X_val), stack.predict_proba(X_val)[[2, 0]])
+    # the same weights; a product over fewer heads may round differently
+    np.testing.assert_allclose(part.predict_proba(X_val), stack.predict_proba(X_val)[[2, 0]], rtol=1e-5, atol=1e-6)
     assert part.head(0).learning_rate == 3e-3 and part.histories_[1] == stack.histories_[0]
