@@ -1,10 +1,11 @@
-"""Benchmark of ``gearfeat search`` on the gear cache: 24 trials with --jobs 2 and --jobs 1, and the naive way.
+"""Benchmark of ``gearfeat search`` on the gear cache: the whole grid and 24 trials against a warm train, the naive way,
+and stacked heads against the same configurations trained alone.
 
-Measured side by side in one run, each search as the whole ``gearfeat search`` command in a fresh process
-(start-up, cache read, trials, retraining the winner, stitching and writing the run folder):
+Measured side by side in one run, each command as a whole ``gearfeat`` process (start-up, cache read, trials,
+stitching and writing the run folder), in the default backend (stacks of heads in the main process):
 
-* the 24 trials of the default space with ``--jobs 2`` and with ``--jobs 1`` (loky, the default backend),
-  and with ``--jobs 2 --backend threading``;
+* one warm ``gearfeat train`` (run once before, untimed, to warm the caches);
+* ``gearfeat search --trials 24`` and ``--trials all`` (the 198 configurations of the default space);
 * the naive way: each configuration trained as one model, image -> frozen backbone -> head, so the backbone
   runs on every training and validation image in every epoch. It is MEASURED on a few epochs of a few of
   the same configurations and EXTRAPOLATED to the 24 trials: each dense trial costs its own number of epochs
@@ -13,7 +14,12 @@ Measured side by side in one run, each search as the whole ``gearfeat search`` c
   the first epoch, which traces) -- the search's own trial times include the same kind of cost; each
   baseline trial costs one backbone pass over the train and validation images (measured) plus its own fit.
   The naive images are decoded once and held in memory, which favours the naive way. One naive
-  configuration is timed after each search, so that both sides share the machine's drifting pace.
+  configuration is timed after each search, so that both sides share the machine's drifting pace;
+* each dense configuration of the 24-trial search trained alone (one Keras ``DenseHead.fit``, the way trials
+  ran before stacks): the median absolute difference of validation accuracy, and whether the leaderboard's top
+  3 is the same.
+
+The ratios are printed last.
 
     flock /tmp/gearfeat-heavy.lock .venv/bin/python benchmarks/search_bench.py
     .venv/bin/python benchmarks/search_bench.py --quick    # smoke run on generated images (CI)
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 import _common as C
+import numpy as np
 
 ROOT, SHARED, GEAR, WEIGHTS = C.ROOT, C.SHARED, C.GEAR, C.WEIGHTS_035_224
 QUICK_PARAMS = ["hidden=[16],[]", "epochs=2", "baseline=logreg"]
@@ -63,9 +70,10 @@ def main() -> int:
     if args.quick:
         data = make_shapes_dataset(work / "shapes", per_class=20, size=32, seed=0)
         config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)
-        cli = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
-               "--backbone-size", "32", *(a for p in QUICK_PARAMS for a in ("--param", p)),
-               "--trials", str(args.trials or "all")]
+        common = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
+                  "--backbone-size", "32"]
+        space = [a for p in QUICK_PARAMS for a in ("--param", p)]
+        sizes = {"24": str(args.trials or 2), "all": "all"}
         args.naive_configs, args.naive_epochs = 1, 2
         cache_dir = work / "cache"
     else:
@@ -75,51 +83,51 @@ def main() -> int:
             return 0
         data = GEAR
         config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=str(WEIGHTS))
-        cli = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS),
-               "--trials", str(args.trials or 24)]
+        common = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS)]
+        space = []
+        sizes = {"24": str(args.trials or 24), "all": "all"}
         cache_dir = Path(args.cache_dir)
-    cli = [*cli, "--cache-dir", str(cache_dir), "--seed", str(args.seed), "--no-progress"]
+    common = [*common, "--cache-dir", str(cache_dir), "--seed", str(args.seed), "--no-progress"]
 
     print(f"machine: {machine_summary()}; load average at start {os.getloadavg()}")
     extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False, log=lambda m: None)
     print(f"cache: {extraction.cache_path} ({extraction.computed} images computed now, {extraction.reused} "
-          f"reused); every search below reads it")
+          f"reused); every command below reads it")
 
     parts = split_dataset(extraction.dataset, seed=args.seed)
     naive = NaiveTimer(extraction, parts, config)
-    searches = {}
-    for jobs, backend in ((2, "loky"), (1, "loky"), (2, "threading")):
-        out = work / f"search-{backend}-jobs{jobs}"
-        command = [sys.executable, "-m", "gearfeat", "search", str(data), *cli, "--jobs", str(jobs),
-                   "--backend", backend, "--out", str(out)]
+    walls, searches = {}, {}
+    for name, command in [("train (warm-up)", ["train"]), ("train", ["train"]),
+                          *((f"search --trials {n}", ["search", *space, "--trials", n]) for n in sizes.values())]:
+        out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        wall = time.perf_counter() - start
+        done = subprocess.run([sys.executable, "-m", "gearfeat", command[0], str(data), *common, *command[1:],
+                               "--out", str(out)], capture_output=True, text=True)
+        walls[name] = time.perf_counter() - start
         if done.returncode != 0:
             print(done.stderr[-3000:])
-            raise SystemExit(f"gearfeat search --jobs {jobs} --backend {backend} failed with exit status "
-                             f"{done.returncode}")
+            raise SystemExit(f"gearfeat {name} failed with exit status {done.returncode}")
+        print(f"{name}: whole command {walls[name]:.1f} s")
+        if command[0] != "search":
+            continue
         run = json.loads((out / "run.json").read_text())
         trials = json.loads((out / "trials.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
-        if quick_grid is not None and len(trials) != quick_grid:
-            raise SystemExit(f"error: the --quick search ran {len(trials)} trials, not its whole grid of {quick_grid}")
-        searches[jobs, backend] = {"wall": wall, "trials_seconds": run["search"]["seconds"], "trials": trials,
-                          "order": [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])],
-                          "metrics": metrics}
-        print(f"search --jobs {jobs} --backend {backend}: {len(trials)} trials, whole command {wall:.1f} s "
-              f"(trials phase {run['search']['seconds']:.1f} s); winner trial {metrics['winner']['trial']} "
-              f"({metrics['winner']['model']}), test accuracy {metrics['winner']['test_accuracy']:.4f}")
+        searches[name] = {"wall": walls[name], "trials_seconds": run["search"]["seconds"], "trials": trials,
+                          "order": [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])]}
+        print(f"  {len(trials)} trials (trials phase {run['search']['seconds']:.1f} s); winner trial "
+              f"{metrics['winner']['trial']} ({metrics['winner']['model']}), test accuracy "
+              f"{metrics['winner']['test_accuracy']:.4f}")
         # a naive configuration after each search: the machine's pace drifts, so both sides share its hours
-        if naive.configs < min(args.naive_configs, len(dense_trials(searches))):
-            naive.time_next(dense_trials(searches), args.naive_epochs)
-    fast = searches[2, "loky"]
-    same = all(run["order"] == fast["order"] for run in searches.values())
-    print(f"leaderboard order identical in the three searches: {same}")
+        if naive.configs < min(args.naive_configs, len(dense_of(trials))):
+            naive.time_next(dense_of(trials), args.naive_epochs)
+    small, whole = searches[f"search --trials {sizes['24']}"], searches["search --trials all"]
+    if quick_grid is not None and len(whole["trials"]) != quick_grid:
+        raise SystemExit(f"error: the --quick search ran {len(whole['trials'])} trials, not its grid of {quick_grid}")
 
-    trials = fast["trials"]
-    while naive.configs < min(args.naive_configs, len(dense_trials(searches))):
-        naive.time_next(dense_trials(searches), args.naive_epochs)
+    trials = small["trials"]
+    while naive.configs < min(args.naive_configs, len(dense_of(trials))):
+        naive.time_next(dense_of(trials), args.naive_epochs)
     naive = naive.summary()
     dense_epochs = sum(t["epochs_run"] for t in trials if t["model"] == "dense")
     baselines = [t for t in trials if t["model"] != "dense"]
@@ -132,21 +140,42 @@ def main() -> int:
           f"= {naive_total:.0f} s (with the median steady epoch, {naive['epoch_median']:.2f} s, instead: "
           f"{naive_total - dense_epochs * (naive['epoch_seconds'] - naive['epoch_median']):.0f} s)")
 
-    rows = [(f"search --jobs {jobs} --backend {backend} (whole command; trials phase "
-             f"{run['trials_seconds']:.1f} s)", run["wall"]) for (jobs, backend), run in searches.items()]
-    rows.append((f"naive, the same {len(trials)} configurations (extrapolated, see above)", naive_total))
-    print(f"\n| {'run':72} | seconds | vs --jobs 2 |\n|{'-' * 74}|--------:|------------:|")
-    for name, seconds in rows:
-        print(f"| {name:72} | {seconds:7.1f} | {seconds / fast['wall']:10.2f}x |")
-    print(f"\n--jobs 1 / --jobs 2: {searches[1, 'loky']['wall'] / fast['wall']:.2f}x; naive / --jobs 2: "
-          f"{naive_total / fast['wall']:.0f}x (trials phase alone: {naive_total / fast['trials_seconds']:.0f}x); "
-          f"load average at end {os.getloadavg()}; run folders in {work}")
+    diffs, top3 = alone_agreement(extraction, parts, small["trials"], args.seed)
+    train = walls["train"]
+    print(f"\nload average at end {os.getloadavg()}; run folders in {work}")
+    print(f"whole search --trials all ({len(whole['trials'])} trials) / one whole warm train: "
+          f"{whole['wall'] / train:.2f}x (goal <= 6x)")
+    print(f"whole search --trials {sizes['24']} / one whole warm train: {small['wall'] / train:.2f}x (goal <= 2x)")
+    print(f"naive / whole search --trials {sizes['24']}: {naive_total / small['wall']:.0f}x (goal >= 100x; trials "
+          f"phase alone: {naive_total / small['trials_seconds']:.0f}x)")
+    print(f"stacked vs alone validation accuracy, |difference| over {len(diffs)} dense configurations: median "
+          f"{float(np.median(diffs)):.4f}, max {max(diffs):.4f} (goal median <= 0.005); leaderboard top 3 the same "
+          f"as trained alone: {top3}")
     return 0
 
 
-def dense_trials(searches: dict) -> list[dict]:
-    """The dense-head trials of the --jobs 2 search (the first one run): the configurations timed the naive way."""
-    return [t for t in searches[2, "loky"]["trials"] if t["model"] == "dense"]
+def dense_of(trials: list[dict]) -> list[dict]:
+    """The dense-head trials of a search: the configurations timed the naive way."""
+    return [t for t in trials if t["model"] == "dense"]
+
+
+def alone_agreement(extraction, parts, trials: list[dict], seed: int) -> tuple[list[float], bool]:
+    """Each dense trial of a search trained alone (one Keras ``DenseHead.fit``, as before stacks): the absolute
+    differences of validation accuracy, and whether the leaderboard's top 3 (baselines as they were) is the same."""
+    from gearfeat.tuning.trials import rank_trials, run_trial
+
+    X, y = extraction.features, extraction.dataset.labels
+    arrays = (X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]])
+    n_classes = len(extraction.dataset.class_names)
+    alone, diffs = [], []
+    for t in trials:
+        if t["model"] == "dense":
+            row = run_trial(t["params"], *arrays, n_classes, seed=seed)
+            diffs.append(abs(row["val_accuracy"] - t["val_accuracy"]))
+            t = {**t, **row}
+        alone.append({k: v for k, v in t.items() if k != "rank"})
+    top = [t["trial"] for t in rank_trials(alone)[:3]]
+    return diffs, top == [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])[:3]]
 
 
 class NaiveTimer:

@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs the whole grid (default 24)")
     g.add_argument("--jobs", type=int, default=-1, help="trials run at once (default -1: every core or worker)")
     g.add_argument("--backend", default=None,
-                   help="joblib backend: loky (processes, default), threading, dask or ray (a cluster); dask "
-                        "also runs the extraction on that cluster")
+                   help="where trials run: local (this process, stacks of heads; default), or the joblib backends loky "
+                        "(processes), threading, dask or ray (a cluster), each sent whole stacks; dask also runs the "
+                        "extraction on that cluster")
     g.add_argument("--address", default=None,
                    help="dask: the scheduler address (tcp://host:8786); ray: the cluster (default 'auto')")
     p.set_defaults(run=cmd_search)

@@ -222,7 +222,9 @@ def test_backend_errors_are_one_line(blobs, monkeypatch):
     with pytest.raises(GearfeatError, match="jobs must be a positive number"):
         run_trials([{}], *blobs, jobs=0, **quiet)
     with pytest.raises(GearfeatError, match="--address is for the dask and ray backends, not loky"):
-        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)
+        run_trials([{}], *blobs, backend="loky", address="tcp://127.0.0.1:8786", **quiet)
+    with pytest.raises(GearfeatError, match="--address is for the dask and ray backends, not local"):
+        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)  # the default backend
     monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without Ray
     with pytest.raises(GearfeatError, match=re.escape("--backend ray needs the 'ray' package: "
                                                       "pip install gearfeat[ray]")):
@@ -240,7 +242,7 @@ def test_dask_backend_on_a_local_cluster(blobs):
         run_trials(configurations, *blobs, backend="dask", **quiet)
     messages = []
     local = run_trials(configurations, *blobs, jobs=1, progress=False, log=messages.append)
-    assert messages == ["search: 5 trials on 1 loky worker"]  # in this process, its thread pools untouched
+    assert messages == ["search: 5 trials in this process (4 heads in 2 stacks, 1 baseline beside)"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
@@ -273,8 +275,9 @@ def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkey
                         lambda self, calls: waves.append(len(calls)) or call(self, calls))
     updates = []
     monkeypatch.setattr(trials_module.Progress, "update", lambda self, n=1: updates.append(n))
-    rows = run_trials(configurations, *blobs, jobs=2, backend="threading", log=lambda message: None)
-    assert waves == [4, 1] and len(updates) == 5  # waves of twice the workers; the bar moves trial by trial
+    rows = run_trials(configurations, *blobs, jobs=1, backend="threading", log=lambda message: None)
+    # 2 stacks and 1 baseline in waves of twice the workers; the bar moves trial by trial
+    assert waves == [2, 1] and len(updates) == 5
     _assert_same_trials(rows, local, configurations)
 
 
@@ -292,6 +295,36 @@ def test_no_more_workers_than_trials(blobs, monkeypatch):
     assert workers == [2] and messages == ["search: 2 trials on 2 threading workers"]
 
 
+def test_a_stack_split_by_the_memory_budget_gives_the_same_trials(blobs):
+    from gearfeat.tuning.trials import STACK_BUDGET
+    configurations = SearchSpace({**FAST, "learning_rate": [1e-2, 3e-3, 1e-3], "dropout": [0.0, 0.3]}).configurations()
+    messages = []
+    whole = run_trials(configurations, *blobs, seed=3, progress=False, log=messages.append)
+    split = run_trials(configurations, *blobs, seed=3, budget=1, progress=False, log=messages.append)
+    assert messages == ["search: 13 trials in this process (12 heads in 2 stacks, 1 baseline beside)",
+                        "search: 13 trials in this process (12 heads in 12 stacks, 1 baseline beside)"]
+    for a, b in zip(whole, split):  # each head alone in its stack: the same trial, to float rounding
+        assert a["params"] == b["params"] and a["val_accuracy"] == b["val_accuracy"]
+        assert a["epochs_run"] == b["epochs_run"] and a["best_epoch"] == b["best_epoch"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert whole.best_head.get_params() == split.best_head.get_params()
+
+
+def test_the_whole_default_grid_is_planned_within_2_gb():
+    """--trials all: the stacks run one after another, so the largest stack (plus the features) bounds memory."""
+    from gearfeat.models.stacked import plan_stacks, stack_bytes
+    from gearfeat.tuning.space import BASELINE, DEFAULT_SPACE, kind_of
+    from gearfeat.tuning.trials import STACK_BUDGET
+    configurations = SearchSpace(DEFAULT_SPACE).configurations()
+    heads = [DenseHead(**c) for c in configurations if kind_of(c) != BASELINE]
+    assert len(configurations) == 198
+    stacks = plan_stacks(heads, n_features=1280, n_classes=10, n_val=2000, budget=STACK_BUDGET)
+    assert sorted(i for s in stacks for i in s) == list(range(len(heads)))
+    features = 4 * 1280 * 10_000  # 10,000 images of features, train and validation
+    largest = max(stack_bytes(heads[s[0]].hidden, len(s), 1280, 10, heads[s[0]].batch_size, 2000) for s in stacks)
+    assert largest <= STACK_BUDGET and largest + features < 2 << 30
+
+
 def _assert_same_trials(rows, local, configurations):
     assert [r["params"] for r in rows] == configurations
     for mine, theirs in zip(rows, local):
@@ -304,11 +337,11 @@ def _assert_same_trials(rows, local, configurations):
 def searched(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     space = {"hidden": [[16], []], "epochs": [2], "baseline": ["logreg", "svc"]}
-    spy = {"head_test": 0, "baseline_test": 0, "trial_inputs": []}
+    spy = {"head_test": 0, "baseline_test": 0, "head_fit": 0, "trial_inputs": []}
     extraction = extract_dataset(shapes_dir, tiny_config(), cache_dir=out / "cache", progress=False,
                                  log=lambda m: None)
     parts = split_dataset(extraction.dataset, seed=2)
-    X = extraction.features
+    X, spy["labels"] = extraction.features, extraction.dataset.labels
     with pytest.MonkeyPatch.context() as mp:
         from sklearn.pipeline import Pipeline
 
@@ -322,7 +355,17 @@ def searched(shapes_dir, tmp_path_factory):
             spy["trial_inputs"].append((X_train, X_val))
             return run_trial(params, X_train, y_train, X_val, y_val, *args)
 
-        run_trial = trials_module.run_trial
+        def recording_stack(indexes, configurations, X_train, y_train, X_val, y_val, *args):
+            spy["trial_inputs"].extend([(X_train, X_val)] * len(indexes))
+            return run_stack(indexes, configurations, X_train, y_train, X_val, y_val, *args)
+
+        def counting_fit(self, *args, **kwargs):
+            spy["head_fit"] += 1
+            return fit(self, *args, **kwargs)
+
+        run_trial, run_stack, fit = trials_module.run_trial, trials_module.run_stack, DenseHead.fit
+        mp.setattr(DenseHead, "fit", counting_fit)
+        mp.setattr(trials_module, "run_stack", recording_stack)
         mp.setattr(DenseHead, "predict_proba", counting(DenseHead.predict_proba, "head_test"))
         mp.setattr(Pipeline, "predict", counting(Pipeline.predict, "baseline_test"))
         mp.setattr(trials_module, "run_trial", recording_trial)
@@ -385,6 +428,20 @@ def test_the_test_split_is_used_once_by_the_winners_only(searched):
     for X_train, X_val in spy["trial_inputs"]:  # trials see exactly the train and validation rows
         assert np.array_equal(X_train, X[parts["train"]]) and np.array_equal(X_val, X[parts["val"]])
     assert spy["head_test"] == 1 and spy["baseline_test"] == 1  # the best head and the best baseline, once
+
+
+def test_the_winning_head_is_its_trials_head_not_trained_again(searched):
+    from sklearn.metrics import log_loss
+
+    result, spy, X, parts = searched
+    assert spy["head_fit"] == 0  # sliced out of its stack: no DenseHead was fitted, the winner not retrained
+    best_dense = next(t for t in result.leaderboard if t["model"] == "dense")
+    y_val = spy["labels"][parts["val"]]
+    proba = result.head.predict_proba(X[parts["val"]])  # the kept head scores as its trial did
+    assert float(np.mean(proba.argmax(axis=1) == y_val)) == best_dense["val_accuracy"]
+    assert log_loss(y_val, proba, labels=range(proba.shape[1])) == pytest.approx(best_dense["val_loss"], rel=1e-5)
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert len(history["loss"]) == best_dense["epochs_run"]
 
 
 def test_cli_search_and_its_one_line_errors(shapes_dir, tmp_path, capsys, monkeypatch):

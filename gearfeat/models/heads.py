@@ -66,22 +66,33 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         global ``random`` (which other threads of the process, e.g. a dask worker's, may use meanwhile).
         """
         regularizer = keras.regularizers.l2(self.l2) if self.l2 else None
-        seeds = itertools.count(int(self.seed) * 1000)
+        kernel_seeds, dropout_seeds = self.layer_seeds()
         inputs = keras.Input((n_features,), name="features")
         x = inputs
         for i, units in enumerate(self.hidden):
             x = keras.layers.Dense(int(units), use_bias=not self.batch_norm, kernel_regularizer=regularizer,
-                                   kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
+                                   kernel_initializer=keras.initializers.GlorotUniform(kernel_seeds[i]),
                                    name=f"head_dense_{i}")(x)
             if self.batch_norm:
                 x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
             x = keras.layers.Activation("relu", name=f"head_relu_{i}")(x)
             if self.dropout:
-                x = keras.layers.Dropout(self.dropout, seed=next(seeds), name=f"head_dropout_{i}")(x)
+                x = keras.layers.Dropout(self.dropout, seed=dropout_seeds[i], name=f"head_dropout_{i}")(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer,
-                                     kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
+                                     kernel_initializer=keras.initializers.GlorotUniform(kernel_seeds[-1]),
                                      name="head_output")(x)
         return keras.Model(inputs, outputs, name="head")
+
+    def layer_seeds(self) -> tuple[list[int], list[int]]:
+        """The seeds of the kernel initializers (each hidden layer's, then the output's) and of the dropout
+        layers (none without dropout), in the order ``build`` draws them from ``seed * 1000`` on."""
+        seeds = itertools.count(int(self.seed) * 1000)
+        kernels, dropouts = [], []
+        for _ in self.hidden:
+            kernels.append(next(seeds))
+            if self.dropout:
+                dropouts.append(next(seeds))
+        return [*kernels, next(seeds)], dropouts
 
     def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
             classes: Sequence | None = None) -> "DenseHead":

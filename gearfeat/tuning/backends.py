@@ -1,5 +1,5 @@
-"""Where trials run: joblib backends by name (loky processes, threads, a dask or Ray cluster), checked before
-any work. The feature arrays are sent once: loky memory-maps them, dask scatters them, Ray puts them in its
+"""Where trials run: this process (``local``) or joblib backends by name (loky processes, threads, a dask or Ray
+cluster), checked before any work. The feature arrays are sent once: loky memory-maps them, dask scatters them, Ray puts them in its
 object store, threads share them."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _local(name: str, address: str | None) -> Iterator[dict[str, Any]]:
 
 _LOKY_IDLE_SECONDS = 1
 """Loky workers leave after this long without a trial (joblib's default: 300 s): each holds a TensorFlow
-runtime (hundreds of MB), and one that exits while the winner is retrained does not hold up the end of the
+runtime (hundreds of MB), and one that exits while the run is written does not hold up the end of the
 command."""
 
 
@@ -111,6 +111,7 @@ class Backend:
     address_required: bool = False
     streams: bool = True  #: joblib hands back each trial as it ends (Ray's backend: a call's trials all at the end)
     check_address: Callable[[str], None] | None = None  #: refuses a malformed ``--address`` before any work
+    in_process: bool = False  #: stacks run in this thread, baselines beside them (joblib is not used)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -122,11 +123,13 @@ BACKENDS: dict[str, Backend] = {
                     address_required=True, check_address=check_address),
     "ray": Backend(_ray, lambda workers: 1, package="ray", address="a Ray cluster (default: 'auto')",
                    streams=False),
+    "local": Backend(lambda address: _local("local", address), lambda workers: None, in_process=True),
 }
-"""joblib backends by name. On a cluster each trial uses one TensorFlow thread: run one worker thread per core."""
+"""Backends by name: joblib's, and ``local`` (this process, no joblib). On a cluster each unit of work (a stack of
+heads or a baseline trial) uses one TensorFlow thread: run one worker thread per core."""
 
 
-DEFAULT_BACKEND = "loky"
+DEFAULT_BACKEND = "local"
 
 
 def get_backend(name: str, address: str | None) -> Backend:

@@ -1,9 +1,16 @@
-"""Running trials: one configuration trained and scored on the validation split, many in parallel, ranked."""
+"""Running trials: configurations trained and scored on the validation split, many in parallel, ranked.
+
+Dense-head trials of the same shape train together as one :class:`StackedHeads` (split to fit
+:data:`STACK_BUDGET`); a stack is one unit of work for a backend, a baseline trial another. The ``local``
+backend runs the stacks one after another in this process (NumPy's BLAS uses the cores) and the baseline
+trials beside them in a thread: a worker process would pay about 4 s importing TensorFlow, more than all
+the default space's baseline fits."""
 from __future__ import annotations
 
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -15,10 +22,24 @@ from sklearn.metrics import log_loss
 from .._internal.progress import Progress
 from ..models.baseline import make_baseline
 from ..models.heads import DenseHead
+from ..models.stacked import StackedHeads, plan_stacks
 from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
 from .space import BASELINE, kind_of
 
 Log = Callable[[str], None]
+
+STACK_BUDGET = 256 << 20
+"""Bytes one stack of heads may allocate while it trains (:func:`~gearfeat.models.stacked.stack_bytes`); larger
+stacks are split. The default space's whole grid on 1,280 features trains within 2 GB in the local backend."""
+
+Row = tuple[int, dict[str, Any]]
+
+
+class Trials(list):
+    """The trial rows (a list), plus ``best_head``: the best dense trial's fitted :class:`DenseHead`, sliced out of
+    its stack (None without dense trials), the one :func:`rank_trials` ranks first among the dense trials."""
+
+    best_head: DenseHead | None = None
 
 
 def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
@@ -54,43 +75,109 @@ def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarra
     }
 
 
-def _numbered_trial(index: int, params: Mapping[str, Any], *args) -> tuple[int, dict[str, Any]]:
-    return index, run_trial(params, *(arg.get() if isinstance(arg, RayObject) else arg for arg in args))
+def _rank_key(index: int, row: Mapping[str, Any]) -> tuple:
+    """:func:`rank_trials`'s order, for one trial."""
+    return -row["val_accuracy"], math.inf if row["val_loss"] is None else row["val_loss"], index
+
+
+def _resolved(args: Sequence) -> list:
+    return [arg.get() if isinstance(arg, RayObject) else arg for arg in args]
+
+
+def _baseline_work(index: int, params: Mapping[str, Any], *args) -> tuple[list[Row], None]:
+    return [(index, run_trial(params, *_resolved(args)))], None
+
+
+def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
+              y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, n_classes: int, seed: int = 0,
+              threads: int | None = None) -> tuple[list[Row], StackedHeads]:
+    """Train the dense-head ``configurations`` (trials ``indexes``, one shape) as one stack, each with ``seed``,
+    and score each as :func:`run_trial` does. Returns the ``(trial, row)`` pairs, a row's ``seconds`` the stack's
+    time shared by its heads, and the stack of its best head only (:meth:`StackedHeads.select`)."""
+    X_train, y_train, X_val, y_val = _resolved((X_train, y_train, X_val, y_val))
+    limit_tf_threads(threads)
+    start = time.perf_counter()
+    stack = StackedHeads([DenseHead(**params, seed=seed) for params in configurations])
+    stack.fit(X_train, y_train, validation_data=(X_val, y_val), classes=range(n_classes))
+    probabilities = stack.predict_proba(X_val)
+    seconds = (time.perf_counter() - start) / len(indexes)
+    rows = [(index, {"model": "dense", "val_loss": float(log_loss(y_val, proba, labels=range(n_classes))),
+                     "val_accuracy": float(np.mean(proba.argmax(axis=1) == y_val)),
+                     "epochs_run": len(history["loss"]), "best_epoch": int(best), "seconds": seconds})
+            for index, proba, history, best in zip(indexes, probabilities, stack.histories_, stack.best_epochs_)]
+    best = min(range(len(rows)), key=lambda j: _rank_key(*rows[j]))
+    return rows, stack.select([best])
 
 
 def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray, y_train: np.ndarray,
                X_val: np.ndarray, y_val: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
                jobs: int = -1, backend: str | None = None, address: str | None = None,
-               progress: bool = True, log: Log = print) -> list[dict[str, Any]]:
-    """Run every configuration with :func:`run_trial` in parallel; rows in configuration order, each with its
-    ``trial`` number and ``params``. ``backend`` is a name in :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`)."""
+               progress: bool = True, log: Log = print, budget: int = STACK_BUDGET) -> Trials:
+    """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
+    baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
+    ``params``. ``backend`` is a name in :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`)."""
     backend = backend or DEFAULT_BACKEND
     spec = get_backend(backend, address)
     check_jobs(jobs)
     arrays = [np.ascontiguousarray(X_train, np.float32), np.asarray(y_train, np.int64),
               np.ascontiguousarray(X_val, np.float32), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
-    rows: list[dict[str, Any]] = [{} for _ in configurations]
-    with spec.connect(address) as settings:
+    dense = [i for i, params in enumerate(configurations) if kind_of(params) != BASELINE]
+    baselines = [i for i, params in enumerate(configurations) if kind_of(params) == BASELINE]
+    specs = [DenseHead(**configurations[i]) for i in dense]
+    stacks = [[dense[j] for j in stack] for stack in plan_stacks(
+        specs, n_features=arrays[0].shape[1], n_classes=n_classes, n_val=len(arrays[2]), budget=budget)]
+    rows = Trials({} for _ in configurations)
+    best: list[tuple[tuple, StackedHeads]] = []
+    with spec.connect(address) as settings, Progress(len(configurations), "search", unit="trial",
+                                                     enabled=progress) as bar:
         share = settings.pop("share", None)
         shared = [share(array) for array in arrays] if share else arrays
-        with joblib.parallel_config(n_jobs=int(jobs), **settings):
-            workers = max(1, min(len(configurations), joblib.effective_n_jobs(int(jobs))))
-            threads = spec.threads(workers)
-            log(f"search: {len(configurations)} trial{'s' * (len(configurations) != 1)} on {workers} {backend} "
-                f"worker{'s' * (workers > 1)}"
-                + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
-            calls = [joblib.delayed(_numbered_trial)(i, dict(params), *shared, n_classes, seed, threads)
-                     for i, params in enumerate(configurations)]
-            with Progress(len(configurations), "search", unit="trial", enabled=progress) as bar:
-                for i, row in _finished(calls, workers=workers, streams=spec.streams):
-                    rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
-                    bar.update()
+        trials = f"{len(configurations)} trial{'s' * (len(configurations) != 1)}"
+
+        def calls(threads: int | None) -> list:
+            return ([joblib.delayed(run_stack)(stack, [dict(configurations[i]) for i in stack], *shared, n_classes,
+                                               seed, threads) for stack in stacks]
+                    + [joblib.delayed(_baseline_work)(i, dict(configurations[i]), *shared, n_classes, seed, threads)
+                       for i in baselines])
+
+        if spec.in_process:
+            log(f"search: {trials} in this process ({len(dense)} head{'s' * (len(dense) != 1)} in {len(stacks)} "
+                f"stack{'s' * (len(stacks) != 1)}, {len(baselines)} baseline{'s' * (len(baselines) != 1)} beside)")
+            results = _in_process(calls(None))
+        else:
+            with joblib.parallel_config(n_jobs=int(jobs), **settings):
+                units = len(stacks) + len(baselines)
+                workers = max(1, min(units, joblib.effective_n_jobs(int(jobs))))
+                threads = spec.threads(workers)
+                log(f"search: {trials} on {workers} {backend} worker{'s' * (workers > 1)}"
+                    + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
+                results = _finished(calls(threads), workers=workers, streams=spec.streams)
+        for done, stack in results:
+            for i, row in done:
+                rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
+                bar.update()
+            if stack is not None:  # the stack of its best head: ranked as that head's row
+                best.append((min(_rank_key(*pair) for pair in done), stack))
+    if best:
+        rows.best_head = min(best, key=lambda pair: pair[0])[1].head(0)
     return rows
 
 
-def _finished(calls: list, *, workers: int, streams: bool) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The trials' ``(index, row)`` as they end, on ``workers`` workers (never more than there are trials). A
+def _in_process(calls: list) -> Iterator[tuple[list[Row], StackedHeads | None]]:
+    """The stacks one after another in this thread, the baseline trials beside them in one other thread."""
+    stacks = [c for c in calls if c[0] is run_stack]
+    others = [c for c in calls if c[0] is not run_stack]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(function, *args, **kwargs) for function, args, kwargs in others]
+        for function, args, kwargs in stacks:
+            yield function(*args, **kwargs)
+        for future in futures:
+            yield future.result()
+
+
+def _finished(calls: list, *, workers: int, streams: bool) -> Iterator[tuple[list[Row], StackedHeads | None]]:
+    """The units' results as they end, on ``workers`` workers (never more than there are trials). A
     backend that cannot stream results (Ray's hands back all of a call's at its end) runs them in waves of
     twice the workers on one pool, so that the progress bar moves."""
     if streams:

@@ -2,17 +2,19 @@
 
 The backbone runs once (the feature cache). Every trial trains one configuration, a :class:`DenseHead` or a
 scikit-learn baseline, on the same seeded train split and is scored on the validation split. The test split
-is used once: the best configurations are retrained and the run folder is written exactly as ``gearfeat
-train`` writes it (:func:`gearfeat.workflows.transfer.fit_and_save`), plus ``trials.csv``, ``trials.json``,
-``leaderboard.md`` and ``search.png``.
+is used once: the best dense head, its weights as its trial left them (sliced out of its stack, not trained
+again), and the best baseline (retrained: it is cheap) are tested, and the run folder is written exactly as
+``gearfeat train`` writes it (:func:`gearfeat.workflows.transfer.fit_and_save`), plus ``trials.csv``,
+``trials.json``, ``leaderboard.md`` and ``search.png``.
 
-Trials run through joblib. ``loky`` (the default) runs them in worker processes, each with TensorFlow's
-thread pools sized to cores / workers so they do not oversubscribe the CPU; ``threading`` runs them in one
-process; ``dask`` (a running ``dask.distributed`` scheduler) and ``ray`` (a Ray cluster) spread them over a
-cluster. The feature arrays are sent once, not read from HDF5 per trial: loky memory-maps arrays above
-joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask scatters each array once
-(joblib's auto-scatter of large arguments, by identity), Ray holds each in its object store (put once, read
-by reference), and threads share them."""
+Dense-head trials of one shape train together as a stack (:mod:`gearfeat.models.stacked`). ``local`` (the
+default) runs the stacks in this process and the baseline trials beside them in a thread; ``loky`` runs
+stacks and baseline trials in worker processes, each with TensorFlow's thread pools sized to cores /
+workers; ``threading`` in threads; ``dask`` (a running ``dask.distributed`` scheduler) and ``ray`` (a Ray
+cluster) spread them over a cluster. The feature arrays are sent once, not read from HDF5 per trial: loky
+memory-maps arrays above joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask
+scatters each array once (joblib's auto-scatter of large arguments, by identity), Ray holds each in its
+object store (put once, read by reference), and threads share them."""
 from __future__ import annotations
 
 import os
@@ -66,8 +68,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", progress: bool = True, log: Log = print) -> SearchResult:
     """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
-    retrain the best head and the best baseline (the defaults of a model no trial tried) and write the run
-    folder like ``gearfeat train``.
+    keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
+    tried) and write the run folder like ``gearfeat train``.
 
     ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
     ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
@@ -93,13 +95,13 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
     t0 = time.perf_counter()
-    trials = run_trials(configurations, X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]],
-                        n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
-                        backend=backend, address=address, progress=progress, log=log)
+    found = run_trials(configurations, X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]],
+                       n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
+                       backend=backend, address=address, progress=progress, log=log)
     search_seconds = time.perf_counter() - t0
-    board = rank_trials(trials)
+    board = rank_trials(found)
     by_trial = {t["trial"]: t for t in board}
-    trials = [by_trial[t["trial"]] for t in trials]
+    trials = [by_trial[t["trial"]] for t in found]
     write_trials(run, trials)
     best_head = next((t for t in board if t["model"] == "dense"), None)
     best_base = next((t for t in board if t["model"] != "dense"), None)
@@ -116,9 +118,10 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     kept_baseline = f"{kept_summary(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
     log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
         f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
-    fitted = fit_and_save(run, extraction, parts, head=DenseHead(**(best_head["params"] if best_head else {})),
-                          split=split, baseline=baseline, baseline_c=baseline_c, started=started,
-                          command="search", extra={"search": info}, log=log)
+    head = found.best_head if best_head else DenseHead()  # no dense trial: the default head, trained
+    fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline, baseline_c=baseline_c,
+                          started=started, command="search", extra={"search": info}, fitted=best_head is not None,
+                          log=log)
     metrics = fitted.metrics
     winner = board[0]
     test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 
 from .._internal.errors import GearfeatError
 from .._internal.fileio import atomic_path
@@ -55,9 +56,10 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHe
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", extra: dict | None = None,
-                 log: Callable[[str], None] = print) -> FittedRun:
-    """Train a clone of ``head`` and the baseline on the train split, test each once, stitch, and write the run
-    folder.
+                 fitted: bool = False, log: Callable[[str], None] = print) -> FittedRun:
+    """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
+    seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
+    stitch, and write the run folder.
 
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
@@ -71,12 +73,17 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
 
     t0 = time.perf_counter()
-    if head.seed not in (0, split.seed):
-        warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
-                      "seeds the split and the training)", stacklevel=3)  # the line that called train or search
-    head = clone(head).set_params(seed=split.seed)
-    head.fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
-             classes=range(len(dataset.class_names)))
+    if fitted:
+        check_is_fitted(head, "model_")
+        if head.seed != split.seed:
+            raise GearfeatError(f"the fitted head was trained with seed {head.seed}, not the run's {split.seed}")
+    else:
+        if head.seed not in (0, split.seed):
+            warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
+                          "seeds the split and the training)", stacklevel=3)  # the line that called train or search
+        head = clone(head).set_params(seed=split.seed)
+        head.fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
+                 classes=range(len(dataset.class_names)))
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X[train_idx], y[train_idx])
