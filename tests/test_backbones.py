@@ -1,7 +1,13 @@
 import re
 
+import keras
 import numpy as np
 import pytest
+
+import gearfeat
+from conftest import tiny_config
+from gearfeat.cli import main
+from gearfeat.features import backbones
 
 from gearfeat.features.backbones import create_backbone, get_spec, list_backbones, parse_weights, weights_identity
 from gearfeat._internal.errors import GearfeatError
@@ -128,3 +134,40 @@ def test_weights_for_another_alpha_say_which_alpha_they_are_for(tmp_path, name, 
     hint = f"(the file's name says alpha {file_alpha}, size 96: pass --alpha {file_alpha})"
     with pytest.raises(GearfeatError, match=f"cannot build {name} .*Shape mismatch.*{re.escape(hint)}$"):
         create_backbone(name, weights=weights, input_size=96, alpha=0.5)
+
+
+def _tiny_net(*, include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"):
+    """A custom backbone: one convolution, globally pooled to 8 features."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2)(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="tiny_net")
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry, so that what a test registers is gone after it."""
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+
+
+def test_a_registered_backbone_is_listed_and_trains_end_to_end(registry, shapes_dir, tmp_path, capsys):
+    gearfeat.register_backbone("tiny_net", _tiny_net, native_size=32, features=8, preprocess="tf")
+    assert "tiny_net" in gearfeat.list_backbones()
+    assert main(["backbones"]) == 0 and "tiny_net" in capsys.readouterr().out
+    result = gearfeat.train(shapes_dir, tmp_path / "run", config=tiny_config(backbone="tiny_net", alpha=None),
+                            head=gearfeat.DenseHead(hidden=(8,), epochs=2), cache_dir=tmp_path / "cache",
+                            progress=False, log=lambda m: None)
+    assert result.extraction.features.shape[1] == 8
+    assert (tmp_path / "run" / "model.h5").is_file()
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("mobilenet_v2", {}, "already registered"),
+    ("Tiny-Net", {}, "not valid"),
+    ("", {}, "not valid"),
+    ("tiny_net", {"preprocess": "bgr"}, "preprocess 'bgr' is not one of"),
+    ("tiny_net", {"features": 0}, "features must be a positive integer"),
+])
+def test_bad_registrations_are_one_line(registry, name, kwargs, message):
+    with pytest.raises(GearfeatError, match=message):
+        gearfeat.register_backbone(name, _tiny_net, **{"native_size": 32, "features": 8, **kwargs})
+    assert "tiny_net" not in gearfeat.list_backbones()

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from gearfeat._internal.errors import GearfeatError, ImageError
-from gearfeat.data.images import (IMAGE_EXTENSIONS, STANDARDIZE_VERSION, check_image_size, decode_image, load_image,
-                                  standardize)
+from gearfeat.data.images import (IMAGE_EXTENSIONS, STANDARDIZE_VERSION, check_image_size, decode_image,
+                                  decoded_batches, load_image, standardize)
 
 SIZE = 32
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -303,3 +303,16 @@ def test_decode_image_names_a_wrong_argument_type_not_a_corrupt_image(data):
     with pytest.raises(GearfeatError, match=f"^decode_image takes the bytes of an image file, got "
                                             f"{type(data).__name__}; load_image reads a path$"):
         decode_image(data, 32)
+
+
+def test_decoded_batches_keep_order_and_hand_back_image_errors():
+    def load(i):
+        if i == 3:
+            raise ImageError(f"img{i}.png", "not an image")
+        return np.full((2, 2, 3), i, np.uint8)
+
+    batches = list(decoded_batches(7, load, batch_size=3, workers=2, prefetch=1))
+    assert [[i for i, _ in batch] for batch in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    bad = batches[1][0][1]
+    assert isinstance(bad, ImageError) and bad.reason == "not an image"
+    assert all(result[0, 0, 0] == i for batch in batches for i, result in batch if i != 3)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -196,3 +199,38 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         full_scale = next((r for r in (255.0, 65535.0) if peak <= r), peak)
     scaled = np.clip(pixels * (255.0 / full_scale) + 0.5, 0, 255)
     return Image.fromarray(scaled.astype(np.uint8))
+
+
+def decoded_batches(n: int, load: Callable[[int], np.ndarray], *, batch_size: int, workers: int,
+                    prefetch: int = 1) -> Iterator[list[tuple[int, np.ndarray | ImageError]]]:
+    """Batches of ``(index, image or the ImageError it raised)`` for ``load(0) .. load(n - 1)``, in order.
+
+    One thread pool of ``workers`` decodes image by image up to ``prefetch`` batches ahead of the consumer
+    (so it never idles at a batch boundary); stopping early drops the decoding not started yet.
+    """
+    def guarded(i: int) -> np.ndarray | ImageError:
+        try:
+            return load(i)
+        except ImageError as exc:
+            return exc
+
+    starts = iter(range(0, n, batch_size))
+    with ThreadPoolExecutor(workers, thread_name_prefix="gearfeat-decode") as pool:
+        ahead: deque[list[tuple[int, Future]]] = deque()
+
+        def submit_next_batch() -> None:
+            start = next(starts, None)
+            if start is not None:
+                ahead.append([(i, pool.submit(guarded, i)) for i in range(start, min(n, start + batch_size))])
+
+        try:
+            for _ in range(prefetch + 1):
+                submit_next_batch()
+            while ahead:
+                batch = ahead.popleft()
+                submit_next_batch()
+                yield [(i, future.result()) for i, future in batch]
+        finally:
+            for batch in ahead:
+                for _, future in batch:
+                    future.cancel()

@@ -13,6 +13,7 @@ import keras
 from .._internal.errors import GearfeatError, WeightsUnavailableError, first_line
 from .._internal.fileio import hash_file
 from .._internal.progress import keras_downloads
+from .layers import PREPROCESSORS
 
 A = keras.applications
 
@@ -77,13 +78,42 @@ _WITH_ALPHA = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_
 # Applications whose preprocessing is built into the model only when asked (their "none" mode relies on it).
 _BUILT_IN_PREPROCESSING = ("MobileNetV3", "EfficientNetV2", "ConvNeXt")
 
-_REGISTRY: dict[str, BackboneSpec] = {
-    name: BackboneSpec(
-        name, getattr(A, attr), size, mode, width, has_alpha=name in _WITH_ALPHA,
-        extra_kwargs=(("include_preprocessing", True),) if attr.startswith(_BUILT_IN_PREPROCESSING) else (),
-    )
-    for name, attr, size, mode, width in _TABLE
-}
+_REGISTRY: dict[str, BackboneSpec] = {}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def register_backbone(name: str, factory: Callable[..., keras.Model], *, native_size: int, features: int,
+                      preprocess: str = "none", has_alpha: bool = False, extra_kwargs: tuple = ()) -> BackboneSpec:
+    """Add a backbone to the registry (the built-in Keras Applications are added the same way).
+
+    ``factory`` is called like a Keras Application: ``factory(include_top=False, weights=..., input_shape=...,
+    pooling=..., [alpha=...], **extra_kwargs)`` and returns a model whose output is ``features`` wide.
+    ``preprocess`` is a key of :data:`gearfeat.features.layers.PREPROCESSORS`.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise GearfeatError(f"backbone name {name!r} is not valid: use lower-case letters, digits and '_', "
+                            "starting with a letter")
+    if name in _REGISTRY:
+        raise GearfeatError(f"backbone {name!r} is already registered; pick another name")
+    if not callable(factory):
+        raise GearfeatError(f"backbone {name!r}: the factory must be callable, got {factory!r}")
+    if preprocess not in PREPROCESSORS:
+        raise GearfeatError(f"backbone {name!r}: preprocess {preprocess!r} is not one of "
+                            f"{', '.join(sorted(PREPROCESSORS))}")
+    for field, value in (("native_size", native_size), ("features", features)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GearfeatError(f"backbone {name!r}: {field} must be a positive integer, got {value!r}")
+    spec = BackboneSpec(name, factory, native_size, preprocess, features, has_alpha=has_alpha,
+                        extra_kwargs=tuple(extra_kwargs))
+    _REGISTRY[name] = spec
+    return spec
+
+
+for _name, _attr, _size, _mode, _width in _TABLE:
+    register_backbone(_name, getattr(A, _attr), native_size=_size, preprocess=_mode, features=_width,
+                      has_alpha=_name in _WITH_ALPHA,
+                      extra_kwargs=(("include_preprocessing", True),) if _attr.startswith(_BUILT_IN_PREPROCESSING)
+                      else ())
 
 
 def list_backbones() -> list[str]:

@@ -26,7 +26,7 @@ from .._internal.errors import GearfeatError, ImageError, is_int, is_real
 from .._internal.progress import Progress
 from .._version import __version__
 from ..data.dataset import Dataset, Skipped, scan_dataset, write_skipped
-from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image
+from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image, decoded_batches
 from ..data.labels import LabelFile
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache
@@ -289,37 +289,17 @@ class FeatureExtractor:
                          failed: list[Skipped]) -> Iterator[tuple[list[int], np.ndarray]]:
         """Batches of (indexes, images), decoded image by image by a thread pool that works up to
         ``prefetch`` batches ahead of the consumer (so it never idles at a batch boundary)."""
-        guarded = _try(load)
-        starts = iter(range(0, n, self.batch_size))
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="gearfeat-decode") as pool:
-            ahead: deque[list[tuple[int, Future]]] = deque()
-
-            def submit_next_batch() -> None:
-                start = next(starts, None)
-                if start is not None:
-                    stop = min(n, start + self.batch_size)
-                    ahead.append([(i, pool.submit(guarded, i)) for i in range(start, stop)])
-
-            try:
-                for _ in range(self.prefetch + 1):
-                    submit_next_batch()
-                while ahead:
-                    batch = ahead.popleft()
-                    submit_next_batch()
-                    ok, images = [], []
-                    for i, future in batch:
-                        result = future.result()
-                        if isinstance(result, ImageError):
-                            failed.append(Skipped(result.path, result.reason))
-                        else:
-                            ok.append(i)
-                            images.append(result)
-                    if ok:
-                        yield ok, np.stack(images)
-            finally:  # stopped early (error, interrupt): drop the decoding not started yet
-                for batch in ahead:
-                    for _, future in batch:
-                        future.cancel()
+        for batch in decoded_batches(n, load, batch_size=self.batch_size, workers=self.workers,
+                                     prefetch=self.prefetch):
+            ok, images = [], []
+            for i, result in batch:
+                if isinstance(result, ImageError):
+                    failed.append(Skipped(result.path, result.reason))
+                else:
+                    ok.append(i)
+                    images.append(result)
+            if ok:
+                yield ok, np.stack(images)
 
 
 def load_checked_image(path: str, sha256: str, size: int) -> np.ndarray:
@@ -343,15 +323,6 @@ def _copies_of_failed(dataset: Dataset, first: dict[str, str], failed: list[Skip
         if original in reasons and original != str(record.path):
             copies.append(Skipped(str(record.path), f"identical bytes to {original}: {reasons[original]}"))
     return copies
-
-
-def _try(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray | ImageError]:
-    def wrapped(i: int):
-        try:
-            return load(i)
-        except ImageError as exc:
-            return exc
-    return wrapped
 
 
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,

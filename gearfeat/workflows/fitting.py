@@ -11,7 +11,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from .._internal.errors import GearfeatError, ImageError
 from .._internal.progress import Progress
 from .._internal.system import machine_summary
 from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
-from ..data.images import load_image
+from ..data.images import decoded_batches, load_image
 from ..data.labels import LabelFile
 from ..models.stitch import quiet_absl, save_model
 from ..outputs.metrics import classification_metrics
@@ -92,21 +91,17 @@ def decode_images(dataset: Dataset, size: int, *, workers: int | None = None,
     Returns the uint8 images and the dataset without the files that failed to decode (moved to its
     ``skipped``), aligned with each other.
     """
-    def decode(path: Path) -> np.ndarray | ImageError:
-        try:
-            return load_image(path, size)
-        except ImageError as exc:
-            return exc
-
+    paths = dataset.paths
     images, failed = [], []
-    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool, \
-            Progress(len(dataset.records), f"decode {size}px", unit="img", enabled=progress) as bar:
-        for result in pool.map(decode, dataset.paths):
-            if isinstance(result, ImageError):
-                failed.append(Skipped(result.path, result.reason))
-            else:
-                images.append(result)
-            bar.update()
+    with Progress(len(dataset.records), f"decode {size}px", unit="img", enabled=progress) as bar:
+        for batch in decoded_batches(len(paths), lambda i: load_image(paths[i], size), batch_size=64,
+                                     workers=workers or min(4, os.cpu_count() or 1)):
+            for _, result in batch:
+                if isinstance(result, ImageError):
+                    failed.append(Skipped(result.path, result.reason))
+                else:
+                    images.append(result)
+                bar.update()
     kept = dataset.without(failed)
     if not images:
         raise GearfeatError(f"{dataset.root}: no image could be decoded; see the skipped files above")
