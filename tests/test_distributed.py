@@ -30,7 +30,8 @@ COLUMNS = ("features", "sha256", "digest", "path", "label")
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:  # as the CLI's: not the default client
         client.run(_import_extractor)  # TensorFlow's import, once per worker, outside the tests' time
         yield cluster
 

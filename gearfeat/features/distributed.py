@@ -183,7 +183,7 @@ def stream_on_cluster(client: Any, extractor: "FeatureExtractor", cache: Feature
             del done[i]
 
     submitted = min(window, len(shards))
-    pending = as_completed([submit(i) for i in range(submitted)])
+    pending = as_completed([submit(i) for i in range(submitted)], loop=client.loop)  # the CLI's client is no default
     with Progress(len(hashes), desc, unit="img", enabled=extractor.progress) as bar:
         try:
             for future in pending:
