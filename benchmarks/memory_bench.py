@@ -13,7 +13,7 @@ checked to say ``0 images computed``), and what is measured is what the library 
 Each command runs in its own child process (``python -m gearfeat ...``); its peak RSS is the ``ru_maxrss`` that
 ``os.wait4`` returns for it (the kernel's high-water mark, the child's and its reaped descendants'). A watchdog
 kills a child whose RSS passes ``--rss-cap-gb`` (the machine is shared): its peak then reads as at least the cap.
-``--memory-budget`` is passed to both commands where their ``--help`` lists that option.
+``--memory-budget`` is passed to each command whose ``--help`` lists that option.
 
 Everything is written under ``--work-dir`` (default /tmp/gearfeat-membench; 1M rows are 5.1 GB of cache plus
 4 GB of file blocks) and deleted at the end unless ``--keep``.
@@ -141,7 +141,7 @@ def main() -> None:
         "--sizes": dict(default="100000,1000000", help="cache rows of the small and the large run"),
         "--work-dir": dict(default="/tmp/gearfeat-membench", help="where the images and caches are written"),
         "--keep": dict(action="store_true", help="keep the work folder (images and caches) at the end"),
-        "--memory-budget": dict(default=None, help="passed as --memory-budget to both commands where they take it"),
+        "--memory-budget": dict(default=None, help="passed as --memory-budget to each command that takes it"),
         "--epochs": dict(type=int, default=2, help="dense-head epochs of train (default 2)"),
         "--rss-cap-gb": dict(type=float, default=None,
                              help="kill a child past this RSS (default: 12 GB or 60%% of the memory available)"),
@@ -155,13 +155,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cap = int(args.rss_cap_gb * 1e9) if args.rss_cap_gb else min(12 * 10**9, int(0.6 * available_bytes()))
     gearfeat_cmd = [sys.executable, "-m", "gearfeat"]
-    budget = []
-    if args.memory_budget is not None:
-        helptext = subprocess.run(gearfeat_cmd + ["train", "--help"], capture_output=True, text=True).stdout
-        if "--memory-budget" in helptext:
-            budget = ["--memory-budget", args.memory_budget]
-        else:
-            print("note: this gearfeat has no --memory-budget option; running without it")
+    budget = {}  # command -> its extra options
+    for name in ("extract", "train") if args.memory_budget is not None else ():
+        helptext = subprocess.run(gearfeat_cmd + [name, "--help"], capture_output=True, text=True).stdout
+        budget[name] = ["--memory-budget", args.memory_budget] if "--memory-budget" in helptext else []
     print(f"gearfeat {gearfeat.__version__} from {Path(gearfeat.__file__).parent}; sizes {small} and {large} rows "
           f"x 1280 float32; watchdog cap {cap / 1e9:.1f} GB; extra options {budget or 'none'}", flush=True)
 
@@ -175,9 +172,11 @@ def main() -> None:
             print(f"  {cache_path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - started:.0f} s", flush=True)
             del paths, labels, hashes
             commands = {
-                "extract": ["extract", str(work / f"images-{n}"), "--cache-dir", str(cache_dir), *EXTRACTOR, *budget],
+                "extract": ["extract", str(work / f"images-{n}"), "--cache-dir", str(cache_dir), *EXTRACTOR,
+                            *budget.get("extract", [])],
                 "train": ["train", str(work / f"images-{n}"), "--cache-dir", str(cache_dir), "--out",
-                          str(work / f"run-{n}"), *EXTRACTOR, "--epochs", str(args.epochs), *budget],
+                          str(work / f"run-{n}"), *EXTRACTOR, "--epochs", str(args.epochs),
+                          *budget.get("train", [])],
             }
             for name, command in commands.items():
                 log = work / f"{name}-{n}.log"
