@@ -197,6 +197,8 @@ def main() -> None:
                              result["seconds"], note])
                 print(f"  {name} {n}: peak {result['peak'] / 1e9:.2f} GB, {result['seconds']:.0f} s, {note}",
                       flush=True)
+                for line in re.findall(r"^.*(?:budget|streamed|in memory).*$", text, re.MULTILINE)[:3]:
+                    print(f"    {name} said: {line.strip()}", flush=True)  # where the features were held
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
