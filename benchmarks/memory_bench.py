@@ -90,12 +90,12 @@ def fill_cache(cache_dir: Path, paths: list[str], labels: list[str], hashes: lis
         return cache.path
 
 
-def run_child(command: list[str], log: Path, cap_bytes: int, timeout: float) -> dict:
+def run_child(command: list[str], log: Path, cap_bytes: int, timeout: float, cwd: Path) -> dict:
     """Run ``command`` with its output in ``log``: its peak RSS (bytes), wall seconds, exit code, and whether the
     watchdog killed it for passing ``cap_bytes``."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     killed = {"cap": False, "timeout": False}
     done = threading.Event()
 
@@ -151,13 +151,14 @@ def main() -> None:
     import gearfeat
 
     small, large = (2000, 20000) if args.quick else (int(v) for v in args.sizes.split(","))
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # the children run in it: `python -m` imports from the working folder first
     work.mkdir(parents=True, exist_ok=True)
     cap = int(args.rss_cap_gb * 1e9) if args.rss_cap_gb else min(12 * 10**9, int(0.6 * available_bytes()))
     gearfeat_cmd = [sys.executable, "-m", "gearfeat"]
     budget = {}  # command -> its extra options
     for name in ("extract", "train") if args.memory_budget is not None else ():
-        helptext = subprocess.run(gearfeat_cmd + [name, "--help"], capture_output=True, text=True).stdout
+        helptext = subprocess.run(gearfeat_cmd + [name, "--help"], capture_output=True, text=True,
+                                  cwd=work).stdout
         budget[name] = ["--memory-budget", args.memory_budget] if "--memory-budget" in helptext else []
     print(f"gearfeat {gearfeat.__version__} from {Path(gearfeat.__file__).parent}; sizes {small} and {large} rows "
           f"x 1280 float32; watchdog cap {cap / 1e9:.1f} GB; extra options {budget or 'none'}", flush=True)
@@ -180,7 +181,7 @@ def main() -> None:
             }
             for name, command in commands.items():
                 log = work / f"{name}-{n}.log"
-                result = run_child(gearfeat_cmd + command, log, cap, args.timeout)
+                result = run_child(gearfeat_cmd + command, log, cap, args.timeout, work)
                 text = log.read_text(errors="replace")
                 computed = re.search(r"(\d+) images computed", text)
                 if result["cap"] or result["timeout"]:
