@@ -76,6 +76,46 @@ def test_a_bare_h5_is_checked_on_generated_images_and_quantized_tflite_reports(r
     assert record["check_images"] == "32 generated images" and "test_accuracy" not in record
 
 
+def test_float16_tflite_holds_float16_weights_is_kept_with_its_test_accuracy_and_predicts(run_dir, shapes_dir,
+                                                                                          tmp_path, capsys):
+    import tensorflow as tf
+    out = tmp_path / "f16.tflite"
+    assert main(["export", str(run_dir), "--format", "tflite", "--quantize", "float16", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "float16-quantized, kept regardless" in err and "test accuracy" in err and "model.h5: " in err
+    record = json.loads((tmp_path / "f16.tflite.json").read_text())
+    assert record["quantize"] == "float16" and record["check_images"] == "9 test images of the run"
+    assert 0 <= record["test_accuracy"] <= 1 and 0 <= record["h5_test_accuracy"] <= 1
+    assert f"test accuracy {record['test_accuracy']:.4f}" in err
+    assert record["max_deviation"] < 1e-2  # float16 weights: close to model.h5, not bit-equal
+    dtypes = {d["dtype"] for d in tf.lite.Interpreter(model_path=str(out)).get_tensor_details()}
+    assert np.float16 in dtypes  # the weights really are stored as float16
+    images = sorted(str(p) for p in (shapes_dir / "square").iterdir())[:4]
+    reference = Predictor.from_file(run_dir).predict(images)
+    got = Predictor.from_file(out).predict(images)
+    assert [p.label for p in got] == [p.label for p in reference]
+    assert np.allclose([p.confidence for p in got], [p.confidence for p in reference], atol=1e-2)
+
+
+def test_a_run_from_a_label_file_is_checked_on_its_test_images(run_dir, shapes_dir, tmp_path):
+    import shutil
+    flat = tmp_path / "flat"  # no class folders: only the label file knows the classes
+    flat.mkdir()
+    rows = ["file,kind"]
+    for image in sorted(shapes_dir.glob("*/*")):
+        shutil.copy(image, flat / f"{image.parent.name}-{image.name}")
+        rows.append(f"{image.parent.name}-{image.name},{image.parent.name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    info = json.loads((run / "run.json").read_text())
+    info.update(data_dir=str(flat), labels={"path": str(tmp_path / "labels.csv"), "path_column": None,
+                                            "label_column": None})
+    (run / "run.json").write_text(json.dumps(info))
+    record = export(run, tmp_path / "m.keras", format="keras", log=lambda m: None)
+    assert record["check_images"] == "9 test images of the run" and 0 <= record["test_accuracy"] <= 1
+
+
 def test_a_far_off_export_is_refused_and_leaves_nothing(run_dir, tmp_path, monkeypatch):
     from gearfeat.models import export as module
     monkeypatch.setattr(module.KerasFileRunner, "__call__", lambda self, images, batch_size=32:

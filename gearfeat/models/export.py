@@ -286,13 +286,15 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str, qu
 
 
 def _check_images(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """The run's test images (all of them, with their labels) when ``folder`` is a run whose data is at hand,
-    else PARITY_IMAGES generated images without labels."""
+    """The run's test images (all of them, with their labels; from its label file when it had one) when ``folder``
+    is a run whose data is at hand, else PARITY_IMAGES generated images without labels."""
     from ..data.dataset import scan_dataset, split_dataset
     from ..data.images import load_image
+    from ..data.labels import LabelFile
     try:
         info = json.loads((folder / "run.json").read_text())
-        dataset = scan_dataset(info["data_dir"])
+        recorded = info.get("labels")  # a run trained from a label file is checked on the same rows
+        dataset = scan_dataset(info["data_dir"], labels=LabelFile(**recorded) if recorded else None)
         split = {k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")}
         test = split_dataset(dataset, **split)["test"]
         if dataset.class_names != info["class_names"]:
