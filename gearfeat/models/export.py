@@ -290,12 +290,13 @@ def _check_images(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray | Non
     else PARITY_IMAGES generated images without labels."""
     from ..data.dataset import scan_dataset, split_dataset
     from ..data.images import load_image
+    from ..outputs.runs import RunRecord
     try:
-        info = json.loads((folder / "run.json").read_text())
-        dataset = scan_dataset(info["data_dir"])
-        split = {k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")}
+        record = RunRecord.load(folder)
+        dataset = scan_dataset(record.data_dir)
+        split = {k: record.split[k] for k in ("val_fraction", "test_fraction", "seed")}
         test = split_dataset(dataset, **split)["test"]
-        if dataset.class_names != info["class_names"]:
+        if dataset.class_names != record.class_names:
             raise GearfeatError("the data folder's classes changed")
         images = np.stack([load_image(dataset.records[i].path, size) for i in test])
         return images, dataset.labels[test], "test images of the run"
