@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 from gearfeat.features.extractor import ExtractorConfig  # noqa: E402
 from gearfeat.data.synthetic import make_shapes_dataset  # noqa: E402
+from gearfeat.outputs.runs import RunRecord  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights=None, image_size=32, backbone_size=32)
@@ -19,6 +20,19 @@ TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights=None, image_size=32, ba
 def tiny_config(**overrides) -> ExtractorConfig:
     """A MobileNetV2 (alpha 0.35, random weights) at 32 px: fast enough for unit tests."""
     return ExtractorConfig(**{**TINY, **overrides})
+
+
+def cnn_record(data_dir: str | os.PathLike = "/data", **fields) -> RunRecord:
+    """The record of a small ``gearfeat cnn`` run on ``data_dir`` (the shapes' classes, the default split), as
+    a test folder's ``run.json``; ``fields`` replace its fields."""
+    return RunRecord(**{
+        "command": "cnn", "data_dir": str(data_dir), "class_names": ["circle", "square", "triangle"],
+        "image_size": 32, "split": {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 0, "train": 42, "val": 9,
+                                    "test": 9},
+        "n_images": 60, "n_skipped": 0, "epochs_run": 3, "best_epoch": 2,
+        "seconds": {"load": 0.5, "train": 2.0, "evaluate": 0.1, "total": 2.6}, "machine": {"cores": 2},
+        "fit": {"epochs": 3}, "stopped_by": "epoch count", "layers": "conv:8,gap", "augment": "none",
+        "parameters": 300, **fields})
 
 
 @pytest.fixture(scope="session")

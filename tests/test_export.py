@@ -15,6 +15,8 @@ from gearfeat.workflows.predict import Predictor
 from gearfeat._internal.errors import GearfeatError
 from dataclasses import asdict
 
+from conftest import cnn_record
+
 
 @pytest.fixture(scope="module")
 def run_dir(shapes_dir, tmp_path_factory):
@@ -28,8 +30,7 @@ def run_dir(shapes_dir, tmp_path_factory):
     run = RunDir(tmp_path_factory.mktemp("run") / "run", create=True, log=lambda m: None)
     save_model(model, run / "model.h5", ["circle", "square", "triangle"])
     run.record("model.h5")
-    run.write_json("run.json", {"command": "cnn", "data_dir": str(shapes_dir), "split": asdict(SplitConfig()),
-                                "class_names": ["circle", "square", "triangle"]})
+    cnn_record(shapes_dir, split=asdict(SplitConfig())).save(run)
     return run.path
 
 

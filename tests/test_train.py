@@ -18,7 +18,7 @@ from gearfeat.models.stitch import load_model, model_info
 from gearfeat.data.dataset import SplitConfig
 from gearfeat.workflows.train import train
 
-from conftest import tiny_config
+from conftest import cnn_record, tiny_config
 
 TINY_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
              "--backbone-size", "32", "--no-progress"]
@@ -254,7 +254,7 @@ def test_features_of_new_images_are_those_the_run_trained_on(run, tmp_path):
     with pytest.raises(ImageError, match="bad.jpg: not an image"):
         gearfeat.image_features(run.run_dir, [records[0].path, tmp_path / "bad.jpg"])
     (tmp_path / "cnn").mkdir()
-    RunDir(tmp_path / "cnn", create=True).write_json("run.json", {"command": "cnn"})
+    cnn_record().save(RunDir(tmp_path / "cnn", create=True))
     with pytest.raises(GearfeatError, match="is a `gearfeat cnn` run, which has no cached-feature settings"):
         gearfeat.image_features(tmp_path / "cnn", [records[0].path])
     with pytest.raises(GearfeatError, match="^image_features needs at least one image path$"):

@@ -291,13 +291,14 @@ def _check_images(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray | Non
     from ..data.dataset import scan_dataset, split_dataset
     from ..data.images import load_image
     from ..data.labels import LabelFile
+    from ..outputs.runs import RunRecord
     try:
-        info = json.loads((folder / "run.json").read_text())
-        recorded = info.get("labels")  # a run trained from a label file is checked on the same rows
-        dataset = scan_dataset(info["data_dir"], labels=LabelFile(**recorded) if recorded else None)
-        split = {k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")}
+        record = RunRecord.load(folder)
+        recorded = record.labels  # a run trained from a label file is checked on the same rows
+        dataset = scan_dataset(record.data_dir, labels=LabelFile(**recorded) if recorded else None)
+        split = {k: record.split[k] for k in ("val_fraction", "test_fraction", "seed")}
         test = split_dataset(dataset, **split)["test"]
-        if dataset.class_names != info["class_names"]:
+        if dataset.class_names != record.class_names:
             raise GearfeatError("the data folder's classes changed")
         images = np.stack([load_image(dataset.records[i].path, size) for i in test])
         return images, dataset.labels[test], "test images of the run"

@@ -3,7 +3,7 @@
 The report is Markdown; the figures of the runs (``loss.png``, ``confusion.png``) and an optional prediction
 grid are copied into a ``<report name>_files/`` folder beside it and referred to by relative path, so the
 report and its folder can be moved together. Nothing in it is typed by hand: the numbers come from each
-run's ``run.json`` and ``metrics.json``.
+run's ``run.json`` (its :class:`~gearfeat.outputs.runs.RunRecord`) and ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -19,23 +19,23 @@ from typing import Any
 
 from .._internal.errors import GearfeatError
 from .._internal.fileio import write_atomic
-from .runs import RunDir
+from .runs import RunDir, RunRecord
 
 ACCURACY_DIGITS = 4
 
 
 @dataclass
 class Run:
-    """One run folder's records: ``info`` is its ``run.json``, ``metrics`` its ``metrics.json``."""
+    """One run folder's records: ``record`` is its ``run.json``, ``metrics`` its ``metrics.json``."""
 
     path: Path
     name: str
-    info: dict[str, Any]
+    record: RunRecord
     metrics: dict[str, Any]
 
     @property
     def command(self) -> str:
-        return self.info["command"]
+        return self.record.command
 
 
 @dataclass(frozen=True)
@@ -51,22 +51,20 @@ class Row:
 
 
 def _describe_baseline(run: Run) -> str:
-    c = run.info.get("baseline_c")
-    return f"StandardScaler + `{run.metrics.get('baseline', '?')}`" + (f" (C={c:g})" if c is not None else "")
+    return f"StandardScaler + `{run.metrics.get('baseline', '?')}` (C={run.record.baseline_c:g})"
 
 
 def _describe_head(run: Run) -> str:
-    head = run.info.get("head", {})
-    hidden = head.get("hidden") or []
+    hidden = run.record.head.get("hidden") or []
     return f"dense {'-'.join(str(h) for h in hidden) or 'linear'} on frozen {_backbone(run)} features"
 
 
 def _describe_finetune(run: Run) -> str:
-    return f"top {run.info.get('unfreeze', '?')} layers of {_backbone(run)} trained end to end"
+    return f"top {run.record.unfreeze} layers of {_backbone(run)} trained end to end"
 
 
 def _describe_cnn(run: Run) -> str:
-    return f"`{run.info.get('layers', '?')}`, {_count(run.info.get('parameters'))} parameters"
+    return f"`{run.record.layers}`, {_count(run.record.parameters)} parameters"
 
 
 TRANSFER = ("train", "search")  # runs that write a stitched transfer model, its head and baseline
@@ -87,16 +85,12 @@ ROWS: tuple[Row, ...] = (
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run folder written by gearfeat; anything else is refused with one line."""
     folder = RunDir(path)  # refuses a folder without a manifest
-    info = folder.read_json("run.json")
-    command = info.get("command") if isinstance(info, dict) else None
-    if command not in KINDS:
-        raise GearfeatError(f"{folder.path} is not a run of gearfeat {', '.join(KINDS)} (run.json command "
-                            f"{command!r}); pass the --out folder of one of those")
+    record = RunRecord.load(folder)  # refuses a damaged run.json, and one of a command the report does not know
     metrics = folder.read_json("metrics.json")
     if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
         raise GearfeatError(f"{folder / 'metrics.json'} has no test_accuracy (edited, or written by an unfinished "
                             "run?); run the command again")
-    return Run(folder.path, folder.path.resolve().name, info, metrics)
+    return Run(folder.path, folder.path.resolve().name, record, metrics)
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -153,12 +147,12 @@ class Result:
 
     @property
     def n_test(self) -> int | None:
-        n = self.run.metrics.get("n_test", self.run.info.get("split", {}).get("test"))
+        n = self.run.metrics.get("n_test", self.run.record.split.get("test"))
         return int(n) if n is not None else None
 
     @property
     def seconds(self) -> float | None:
-        return self.run.info.get("seconds", {}).get(self.row.seconds_key)
+        return self.run.record.seconds.get(self.row.seconds_key)
 
     @property
     def name(self) -> str:
@@ -219,17 +213,17 @@ def _per_class_table(runs: Sequence[Run]) -> str:
 
 # ------------------------------------------------------------------------------------------ sections
 def _title(runs: Sequence[Run]) -> str:
-    data = sorted({Path(r.info.get("data_dir", "?")).name for r in runs})
+    data = sorted({Path(r.record.data_dir).name for r in runs})
     return (f"# Classifying the `{'`, `'.join(data)}` images: "
             f"{_join(row.label for row in _present(runs))} compared")
 
 
 def _abstract(runs: Sequence[Run], notes: Sequence[str]) -> str:
-    first = runs[0].info
+    first = runs[0].record
     rows = results(runs)
     compared = _join(f"{r.name} ({_accuracy(r.accuracy)})" for r in rows)
-    text = (f"We classify the {first.get('n_images', '?')} images of the data folder "
-            f"`{Path(first.get('data_dir', '?')).name}` into {len(first.get('class_names', []))} classes and "
+    text = (f"We classify the {first.n_images} images of the data folder "
+            f"`{Path(first.data_dir).name}` into {len(first.class_names)} classes and "
             f"measure the test accuracy, {_test_images(runs)}, of {compared}. {_best_sentence(rows)}")
     random = [r.name for r in runs if _is_random(r)]
     if random:
@@ -267,13 +261,12 @@ def _methods(runs: Sequence[Run]) -> str:
 def _data_text(runs: Sequence[Run]) -> str:
     lines = []
     for key, group in _by_split(runs).items():
-        info = group[0].info
-        split = info.get("split", {})
-        names = info.get("class_names", [])
+        record = group[0].record
+        split, names = record.split, record.class_names
         who = "All runs use" if len(group) == len(runs) else f"{_join(f'`{r.name}`' for r in group)} use"
         lines.append(
-            f"{who} the image folder `{info.get('data_dir')}` ({info.get('n_images', '?')} images used, "
-            f"{info.get('n_skipped', 0)} skipped as unusable) with {len(names)} classes: "
+            f"{who} the image folder `{record.data_dir}` ({record.n_images} images used, "
+            f"{record.n_skipped} skipped as unusable) with {len(names)} classes: "
             f"{', '.join(names)}. Every image is standardized the same way for every model: EXIF orientation "
             f"applied, transparency composited on white, converted to 8-bit RGB, the longer side scaled to "
             f"the image size and centred on a white square. The split is stratified by class and seeded "
@@ -285,18 +278,19 @@ def _data_text(runs: Sequence[Run]) -> str:
 
 
 def _methods_train(run: Run) -> str:
-    ex, head = run.info.get("extractor", {}), run.info.get("head", {})
+    record = run.record
+    ex, head = record.extractor, record.head
     text = (f"Backbone: Keras `{ex.get('backbone')}`" + (f" (alpha {ex['alpha']:g})" if ex.get("alpha") else "")
             + f" with {_weights_text(run)}, frozen, global {ex.get('pooling')} pooling. Images are standardized "
             f"to {ex.get('image_size')} px and resized inside the model to {ex.get('backbone_size')} px for "
-            f"the backbone. Features of {run.info.get('n_images')} images were cached "
-            f"({run.info.get('images_computed')} computed in this run, {run.info.get('images_reused')} reused "
+            f"the backbone. Features of {record.n_images} images were cached "
+            f"({record.images_computed} computed in this run, {record.images_reused} reused "
             f"from the cache).\n\n"
             f"Dense head: hidden layers {head.get('hidden')}, dropout {head.get('dropout')}, L2 {head.get('l2')}, "
             f"batch normalization {'on' if head.get('batch_norm') else 'off'}; Adam with learning rate "
             f"{head.get('learning_rate')}, batch size {head.get('batch_size')}, at most {head.get('epochs')} "
             f"epochs with early stopping on the validation loss (patience {head.get('patience')}, best weights "
-            f"restored): {run.info.get('epochs_run')} epochs run, best epoch {run.info.get('best_epoch')}. "
+            f"restored): {record.epochs_run} epochs run, best epoch {record.best_epoch}. "
             f"Baseline: {_describe_baseline(run)} on the same cached features.")
     delta = run.metrics.get("stitched_vs_head_max_abs_diff")
     if delta is not None:
@@ -307,18 +301,19 @@ def _methods_train(run: Run) -> str:
 
 
 def _methods_finetune(run: Run) -> str:
-    source = Path(run.info.get("source_run", "?")).name
-    return (f"Starting from the stitched model of run `{source}` ({_backbone(run)} with "
-            f"{_weights_text(run)}), the top {run.info.get('unfreeze')} backbone layers are unfrozen "
-            f"({len(run.info.get('unfrozen_layers', []))} trainable layers, batch normalization kept frozen; "
-            f"{_count(run.info.get('trainable_parameters'))} trainable parameters) and trained end to end with "
-            f"the head on {run.info.get('image_size')} px images. {_fit_text(run)}")
+    record = run.record
+    return (f"Starting from the stitched model of run `{Path(record.source_run).name}` ({_backbone(run)} with "
+            f"{_weights_text(run)}), the top {record.unfreeze} backbone layers are unfrozen "
+            f"({len(record.unfrozen_layers)} trainable layers, batch normalization kept frozen; "
+            f"{_count(record.trainable_parameters)} trainable parameters) and trained end to end with "
+            f"the head on {record.image_size} px images. {_fit_text(run)}")
 
 
 def _methods_cnn(run: Run) -> str:
-    return (f"A convolutional network trained from scratch on {run.info.get('image_size')} px images: layers "
-            f"`{run.info.get('layers')}`, augmentation `{run.info.get('augment')}` (active in training only), "
-            f"{_count(run.info.get('parameters'))} parameters. {_fit_text(run)}")
+    record = run.record
+    return (f"A convolutional network trained from scratch on {record.image_size} px images: layers "
+            f"`{record.layers}`, augmentation `{record.augment}` (active in training only), "
+            f"{_count(record.parameters)} parameters. {_fit_text(run)}")
 
 
 @dataclass(frozen=True)
@@ -335,11 +330,11 @@ _TRANSFER_KIND = Kind("Transfer learning: frozen backbone, dense head and baseli
 KINDS: dict[str, Kind] = {"train": _TRANSFER_KIND, "search": _TRANSFER_KIND,
                           "finetune": Kind("Fine-tuning", "fine-tuning", _methods_finetune),
                           "cnn": Kind("CNN from scratch", "CNN from scratch", _methods_cnn)}
-"""The run kinds the report knows; a folder of any other kind is refused."""
+"""How the report presents each of :data:`~gearfeat.outputs.runs.COMMANDS`."""
 
 
 def _fit_text(run: Run) -> str:
-    fit = run.info.get("fit", {})
+    fit = run.record.fit
     text = (f"Adam with learning rate {fit.get('learning_rate')}, batch size {fit.get('batch_size')}, at most "
             f"{fit.get('epochs')} epochs, early stopping on the validation loss (patience {fit.get('patience')}, "
             f"best weights kept)")
@@ -347,15 +342,15 @@ def _fit_text(run: Run) -> str:
         text += f", learning rate halved after {fit['reduce_lr_patience']} epochs without improvement"
     if fit.get("max_minutes"):
         text += f", time limit {fit['max_minutes']:g} min"
-    stopped = run.info.get("stopped_by")
-    return (text + f": {run.info.get('epochs_run')} epochs run, best epoch {run.info.get('best_epoch')}"
+    stopped = run.record.stopped_by
+    return (text + f": {run.record.epochs_run} epochs run, best epoch {run.record.best_epoch}"
             + (f", stopped by {stopped}" if stopped else "") + ".")
 
 
 def _hardware_text(runs: Sequence[Run]) -> str:
     lines = []
-    for _, group in _groups(runs, lambda r: tuple(sorted(r.info.get("machine", {}).items()))).items():
-        m = group[0].info.get("machine", {})
+    for _, group in _groups(runs, lambda r: tuple(sorted(r.record.machine.items()))).items():
+        m = group[0].record.machine
         who = "All runs ran" if len(group) == len(runs) else f"{_join(f'`{r.name}`' for r in group)} ran"
         lines.append(f"{who} on {m.get('cpu', '?')} with {m.get('cores', '?')} CPU cores and "
                      f"{m.get('gpus', 0)} GPUs (Python {m.get('python')}, TensorFlow {m.get('tensorflow')}, "
@@ -364,10 +359,10 @@ def _hardware_text(runs: Sequence[Run]) -> str:
 
 
 def _times_table(runs: Sequence[Run]) -> str:
-    phases = list(dict.fromkeys(p for r in runs for p in r.info.get("seconds", {}) if p != "total"))
+    phases = list(dict.fromkeys(p for r in runs for p in r.record.seconds if p != "total"))
     lines = ["| Run | " + " | ".join(phases) + " | total |", "| --- |" + " ---: |" * (len(phases) + 1)]
     for r in runs:
-        s = r.info.get("seconds", {})
+        s = r.record.seconds
         cells = [f"{s[p]:.1f}" if p in s else "–" for p in (*phases, "total")]
         lines.append(f"| `{r.name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -426,7 +421,7 @@ def _discussion(runs: Sequence[Run]) -> str:
     for cnn in (r for r in rows if r.run.command == "cnn"):
         if transfer:
             top = max(transfer, key=lambda r: r.accuracy)
-            total = top.run.info.get("seconds", {}).get("total", 0.0)
+            total = top.run.record.seconds.get("total", 0.0)
             text.append(f"The CNN trained from scratch (`{cnn.run.name}`) scores "
                         f"{_compare(cnn.accuracy, top.accuracy)} {top.name}, after {cnn.seconds or 0:.0f} s "
                         f"of training against {total:.0f} s for the whole run `{top.run.name}` (feature "
@@ -466,12 +461,12 @@ class _Figures:
 
 
 def _weights(run: Run) -> str | None:
-    return run.info.get("extractor", {}).get("weights")
+    return (run.record.extractor or {}).get("weights")
 
 
 def _is_random(run: Run) -> bool:
     """True when the run's backbone had no pretrained weights (a CNN from scratch has no backbone)."""
-    return "extractor" in run.info and _weights(run) is None
+    return run.record.extractor is not None and _weights(run) is None
 
 
 def _weights_text(run: Run) -> str:
@@ -484,14 +479,14 @@ def _weights_text(run: Run) -> str:
 
 
 def _backbone(run: Run) -> str:
-    ex = run.info.get("extractor", {})
+    ex = run.record.extractor or {}
     name = ex.get("backbone", "?")
     return f"{name} {ex['alpha']:g}" if ex.get("alpha") else name
 
 
 def _by_split(runs: Sequence[Run]) -> dict:
     """The runs grouped by data folder and split: a group shares its test images."""
-    return _groups(runs, lambda r: (r.info.get("data_dir"), _split_key(r)))
+    return _groups(runs, lambda r: (r.record.data_dir, _split_key(r)))
 
 
 def _one_split(runs: Sequence[Run]) -> bool:
@@ -503,7 +498,7 @@ def _test_images(runs: Sequence[Run]) -> str:
 
 
 def _split_key(run: Run) -> tuple:
-    return tuple(sorted(run.info.get("split", {}).items()))
+    return tuple(sorted(run.record.split.items()))
 
 
 def _groups(items, key) -> dict:

@@ -22,7 +22,7 @@ from ..data.dataset import SplitConfig, scan_dataset
 from ..data.labels import LabelFile
 from ..models.heads import compile_model
 from ..models.stitch import load_model
-from ..outputs.runs import RunDir
+from ..outputs.runs import RunDir, RunRecord
 from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
 
 #: Fine-tuning defaults: a learning rate low enough not to wreck the pretrained features, few epochs.
@@ -97,27 +97,27 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     started = time.perf_counter()
     config = config or DEFAULT_FIT
     source = RunDir(run_dir)
-    info = source.read_json("run.json")
-    if info.get("command") not in _SOURCE_COMMANDS:
-        raise GearfeatError(f"{source.path} is a `gearfeat {info.get('command')}` run; finetune starts from "
+    info = RunRecord.load(source)
+    if info.command not in _SOURCE_COMMANDS:
+        raise GearfeatError(f"{source.path} is a `gearfeat {info.command}` run; finetune starts from "
                             "a `gearfeat train`, `search` or `finetune` run (a stitched transfer model)")
     model = load_model(source / "model.h5")
-    classes = info["class_names"]
+    classes = info.class_names
     if model.output_shape[-1] != len(classes):
         raise GearfeatError(f"{source / 'model.h5'} has {model.output_shape[-1]} outputs but its run.json "
                             f"records {len(classes)} classes; finetune a run folder as gearfeat wrote it")
     unfrozen = unfreeze_top(model, unfreeze)  # a bad --unfreeze fails before the images are decoded
-    split = SplitConfig(**{k: info["split"][k] for k in ("val_fraction", "test_fraction", "seed")})
+    split = SplitConfig(**{k: info.split[k] for k in ("val_fraction", "test_fraction", "seed")})
     image_size = int(model.input_shape[1])
-    data_dir = data_dir or info["data_dir"]
-    recorded = info.get("labels")  # a run trained from a label file is fine-tuned on the same rows
+    data_dir = data_dir or info.data_dir
+    recorded = info.labels  # a run trained from a label file is fine-tuned on the same rows
     dataset = scan_dataset(data_dir, labels=LabelFile(**recorded) if recorded else None)
     _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
     if Path(out).resolve() == source.path.resolve():
         raise GearfeatError(f"--out {out} is the run being fine-tuned; write the fine-tuned run to another folder")
     run = RunDir(out, create=True, log=log)
     data = load_split(dataset, split, image_size, progress=progress, log=log)
-    if any(len(data.parts[k]) != info["split"].get(k) for k in data.parts):
+    if any(len(data.parts[k]) != info.split.get(k) for k in data.parts):
         log(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "
             "head-only and fine-tuned accuracies below are both measured on the new test split")
     load_seconds = time.perf_counter() - started
@@ -132,7 +132,7 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     compile_model(model, config.learning_rate)
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     fitted = fit(model, data, config, run / "model.h5", log=log)
-    extractor = info.get("extractor") or {}
+    extractor = info.extractor
     result = finish_run(
         run, model, data, fitted, command="finetune", title=f"Fine-tuning the top {unfreeze} backbone layers",
         record={"source_run": str(Path(run_dir).resolve()), "unfreeze": unfreeze, "unfrozen_layers": unfrozen,

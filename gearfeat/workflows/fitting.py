@@ -29,7 +29,7 @@ from ..data.labels import LabelFile
 from ..models.stitch import quiet_absl, save_model
 from ..outputs.metrics import classification_metrics
 from ..outputs.plots import plot_confusion, plot_history
-from ..outputs.runs import RunDir
+from ..outputs.runs import RunDir, RunRecord
 
 Log = Callable[[str], None]
 
@@ -243,7 +243,8 @@ def finish_run(run: RunDir, model: keras.Model, data: ImageSplit, fitted: dict[s
 
     Writes ``model.h5`` (compiled, class names inside), ``metrics.json`` (``test_accuracy``, ``val_accuracy``,
     ``per_class`` precision/recall/F1 plus ``metrics``), ``history.json``, ``loss.png``, ``confusion.png``,
-    ``skipped.json`` and ``run.json`` (``command``, data, split, classes, hyperparameters in ``record``,
+    ``skipped.json`` and ``run.json`` (a :class:`~gearfeat.outputs.runs.RunRecord`: ``command``, data, split,
+    classes, the command's own fields in ``record``,
     ``seconds`` (``seconds`` plus ``train``, ``evaluate`` and ``total`` since ``started``), machine), all
     listed in ``manifest.json``.
     """
@@ -269,22 +270,22 @@ def finish_run(run: RunDir, model: keras.Model, data: ImageSplit, fitted: dict[s
     run.record("confusion.png")
     write_skipped(data.skipped, run / "skipped.json")
     run.record("skipped.json")
-    run.write_json("run.json", {
-        "command": command,
+    RunRecord(
+        command=command,
         **data.dataset.source(),
         **record,
-        "image_size": int(data.images.shape[1]),
-        "epochs_run": fitted["epochs_run"],
-        "best_epoch": fitted["best_epoch"],
-        "stopped_by": fitted["stopped_by"],
-        "split": asdict(data.split) | {name: int(len(idx)) for name, idx in data.parts.items()},
-        "class_names": names,
-        "n_images": len(data.dataset.records),
-        "n_skipped": len(data.skipped),
-        "seconds": {**seconds, "train": fitted["seconds"], "evaluate": evaluate_seconds,
-                    "total": time.perf_counter() - started},
-        "machine": machine_summary(),
-    })
+        image_size=int(data.images.shape[1]),
+        epochs_run=fitted["epochs_run"],
+        best_epoch=fitted["best_epoch"],
+        stopped_by=fitted["stopped_by"],
+        split=asdict(data.split) | {name: int(len(idx)) for name, idx in data.parts.items()},
+        class_names=names,
+        n_images=len(data.dataset.records),
+        n_skipped=len(data.skipped),
+        seconds={**seconds, "train": fitted["seconds"], "evaluate": evaluate_seconds,
+                 "total": time.perf_counter() - started},
+        machine=machine_summary(),
+    ).save(run)
     log(f"test accuracy {metrics['test_accuracy']:.4f} after {fitted['seconds']:.0f} s of training; "
         f"wrote {run / 'model.h5'}")
     return FitResult(run.path, metrics, data.skipped)

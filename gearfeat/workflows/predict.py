@@ -16,7 +16,7 @@ from ..data.images import IMAGE_EXTENSIONS, load_image
 from ..features.extractor import ExtractorConfig, FeatureExtractor
 from ..models.export import KerasRunner, ModelRunner, open_model
 from ..outputs.plots import plot_predictions, png_path
-from ..outputs.runs import RunDir
+from ..outputs.runs import RunRecord
 
 
 @dataclass
@@ -152,10 +152,10 @@ def image_features(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     paths = list(paths)
     if not paths:
         raise GearfeatError("image_features needs at least one image path")
-    info = RunDir(run_dir).read_json("run.json")
-    if "extractor" not in info:
-        raise GearfeatError(f"{run_dir} is a `gearfeat {info.get('command')}` run, which has no cached-feature "
+    record = RunRecord.load(run_dir)
+    if record.extractor is None:
+        raise GearfeatError(f"{run_dir} is a `gearfeat {record.command}` run, which has no cached-feature "
                             "settings; pass a train or search run")
-    config = ExtractorConfig(**info["extractor"])
+    config = ExtractorConfig(**record.extractor)
     images = [load_image(path, config.image_size) for path in paths]
     return FeatureExtractor(config, progress=False).features_of(np.stack(images))

@@ -120,7 +120,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
         f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
     head = found.best_head if best_head else DenseHead()  # no dense trial: the default head, trained
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline, baseline_c=baseline_c,
-                          started=started, command="search", extra={"search": info}, fitted=best_head is not None,
+                          started=started, command="search", search=info, fitted=best_head is not None,
                           log=log)
     metrics = fitted.metrics
     winner = board[0]

@@ -25,7 +25,7 @@ from ..models.heads import DenseHead
 from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
-from ..outputs.runs import RunDir
+from ..outputs.runs import RunDir, RunRecord
 
 STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to prove it equals the head
 
@@ -55,7 +55,7 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHe
 
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
-                 started: float | None = None, command: str = "train", extra: dict | None = None,
+                 started: float | None = None, command: str = "train", search: dict | None = None,
                  fitted: bool = False, log: Callable[[str], None] = print) -> FittedRun:
     """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
     seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
@@ -63,8 +63,8 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
 
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
-    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (``command``, settings, sizes, wall times, and
-    ``extra``).
+    ``baseline.joblib``, ``skipped.json`` and ``run.json`` (its :class:`~gearfeat.outputs.runs.RunRecord`:
+    ``command``, settings, sizes, wall times, and the ``search`` summary of a search).
     """
     started = time.perf_counter() if started is None else started
     config = extraction.extractor.config
@@ -124,26 +124,27 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     run.record("test_predictions.csv")
     write_skipped(extraction.skipped, run / "skipped.json")
     run.record("skipped.json")
-    run.write_json("run.json", {
-        "command": command,
+    RunRecord(
+        command=command,
         **dataset.source(),
-        "extractor": asdict(config),
-        "cache": str(Path(extraction.cache_path).resolve()),  # usable from any working folder
-        "head": {k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
-        "baseline_c": baseline_c,
-        "best_epoch": head.best_epoch_,
-        "epochs_run": len(head.history_["loss"]),
-        "split": asdict(split) | {name: int(len(idx)) for name, idx in parts.items()},
-        "class_names": names,
-        "n_images": len(dataset.records),
-        "n_skipped": len(extraction.skipped),
-        "images_computed": extraction.computed,
-        "images_reused": extraction.reused,
-        "seconds": {"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
-                    "total": time.perf_counter() - started},
-        "machine": machine_summary(),
-        **(extra or {}),
-    })
+        extractor=asdict(config),
+        image_size=config.image_size,
+        cache=str(Path(extraction.cache_path).resolve()),  # usable from any working folder
+        head={k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
+        baseline_c=baseline_c,
+        best_epoch=head.best_epoch_,
+        epochs_run=len(head.history_["loss"]),
+        split=asdict(split) | {name: int(len(idx)) for name, idx in parts.items()},
+        class_names=names,
+        n_images=len(dataset.records),
+        n_skipped=len(extraction.skipped),
+        images_computed=extraction.computed,
+        images_reused=extraction.reused,
+        seconds={"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
+                 "total": time.perf_counter() - started},
+        machine=machine_summary(),
+        search=search,
+    ).save(run)
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
