@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from gearfeat._internal.errors import GearfeatError
 from gearfeat.features.cache import CacheCorrupt, FeatureCache, fingerprint
 
 ATTRS = {"backbone": "tiny", "image_size": 32, "weights": "random", "preprocessing": "tf/v1"}
@@ -137,13 +138,14 @@ def test_a_view_refuses_a_damaged_row_and_a_file_rebuilt_under_it(tmp_path):
     path = FeatureCache.path_for(tmp_path, ATTRS)
     with h5py.File(path, "a") as f:
         f["features"][250, 0] = -1.0
-    with pytest.raises(CacheCorrupt, match="row 250"):
+    with pytest.raises(GearfeatError, match=r"^cache .* changed or was damaged since this run checked it \(feature "
+                                            r"checksum mismatch at row 250\); run again"):
         view.read(np.arange(200, 300))
     np.testing.assert_array_equal(view.read([1, 2]), feats[[1, 2]])  # the rows it checked before
     path.unlink()
     with FeatureCache.open(tmp_path, ATTRS) as cache:  # another run rebuilt the file, rows in another order
         cache.append(hashes[::-1], feats[::-1], ["p"] * 300, ["a"] * 300)
-    with pytest.raises(CacheCorrupt, match="checksum mismatch"):
+    with pytest.raises(GearfeatError, match="checksum mismatch"):
         view.read([5])
 
 

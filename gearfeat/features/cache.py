@@ -43,6 +43,7 @@ import numpy as np
 
 from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
+from .._internal.system import size_text
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -210,8 +211,8 @@ class FeatureCache:
             rows = max(self.pending, n_rows)
             total = rows * (dim * 4 + _ROW_OVERHEAD + text_per_row) + _CHUNK_ROWS * dim * 4 + _SPACE_MARGIN
             return GearfeatError(
-                f"not enough space for the feature cache in {self.path.parent}: {_size(free)} free, the run needs "
-                f"about {_size(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
+                f"not enough space for the feature cache in {self.path.parent}: {size_text(free)} free, the run needs "
+                f"about {size_text(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
                 f"there (the {self.n_rows} rows cached so far are kept) or pass --cache-dir on a disk with room")
 
         def free() -> int:
@@ -278,10 +279,11 @@ class FeatureCache:
 class FeatureRows:
     """Some rows of a cache file (``rows``, in this order), read on demand without loading the others.
 
-    Every read opens the file under a shared lock and checks each row against the digest recorded when the
-    view was made (the file's as the cache opened it), the first time this view reads it: a damaged row, or
-    a file rebuilt since, raises :class:`CacheCorrupt` before its features are handed out. ``np.asarray(view)``
-    reads them all.
+    Every read opens the file (under a shared lock, if ``locked``) and checks each row against the digest
+    recorded when the view was made (the file's as the cache opened it), the first time this view reads it:
+    a damaged row, or a file rebuilt since, is an error before its features are handed out (a one-line
+    GearfeatError naming the file; :class:`CacheCorrupt` for an unlocked view, read by the open cache, which
+    moves the file aside). ``np.asarray(view)`` reads them all.
     """
 
     def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True):
@@ -335,10 +337,44 @@ class FeatureRows:
                         self._check(indexes[at], block)
                         yield at, block
                         first = last
-            except CacheCorrupt:
-                raise
+            except CacheCorrupt as exc:
+                if not self.locked:  # the open cache's own reads: it moves the file aside
+                    raise
+                raise GearfeatError(f"cache {self.path} changed or was damaged since this run checked it ({exc}); "
+                                    "run again: the extraction moves a damaged file aside and rebuilds it") from None
             except _H5_ERRORS as exc:
-                raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}") from None
+                if not self.locked:
+                    raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}") from None
+                raise GearfeatError(f"cannot read cache {self.path}: {first_line(exc)}; run again: the extraction "
+                                    "moves a damaged file aside and rebuilds it") from None
+
+    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int = _READ_BYTES) -> np.memmap:
+        """Write the features of ``indexes`` (in that order) to the ``.npy`` file ``path``, a window at a time, and
+        return it memory-mapped read-only: worker processes map the same file (joblib passes a memmap by
+        reference) instead of each receiving a copy."""
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(indexes), self.dim))
+        for at, block in self.windows(indexes, window_bytes=window_bytes):
+            out[at] = block
+        out.flush()
+        del out
+        return np.load(path, mmap_mode="r")
+
+    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int = _READ_BYTES
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(at, features)`` pairs covering ``indexes`` (``features`` those of ``indexes[at]``) for one pass of
+        streamed training: the rows are cut into windows of consecutive rows in the file (``window_bytes``
+        each), the windows come in an order drawn from ``seed`` and the rows of each window are shuffled. Not a
+        full shuffle: rows of one window stay together in the pass. One contiguous read per window."""
+        indexes = np.asarray(indexes, np.int64)
+        span = max(1, window_bytes // max(4 * self.dim, 1))
+        by_row = np.argsort(self.rows[indexes], kind="stable")
+        rng = np.random.default_rng(seed)
+        groups = [by_row[i:i + span] for i in range(0, len(by_row), span)]
+        for g in rng.permutation(len(groups)):
+            at = groups[g]
+            block = self.read(indexes[at])
+            mix = rng.permutation(len(at))
+            yield at[mix], block[mix]
 
     def _check(self, positions: np.ndarray, block: np.ndarray) -> None:
         fresh = ~self._checked[positions]
@@ -375,14 +411,6 @@ def _no_space(exc: BaseException) -> bool:
     """True for a write error from a full disk or quota (h5py puts the errno in its message only)."""
     return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) \
         or "No space left" in str(exc)
-
-
-def _size(n: float) -> str:
-    """``n`` bytes in words: 512 B, 3.4 MB, 1.2 GB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _stderr(message: str) -> None:
