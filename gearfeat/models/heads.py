@@ -112,7 +112,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                 raise InvalidArgumentError("validation_data must be a pair (features, labels)")
             X_val = _check_width(_check_features(validation_data[0]), X.shape[1], "validation_data")
             y_val = _class_indexes(outputs, _check_labels(validation_data[1], len(X_val)), "validation labels")
-        validation = None if validation_data is None else (lambda: [(X_val, y_val)])
+        validation = None if validation_data is None else _EagerValidation(X_val, y_val)
         batch_size, epochs = int(self.batch_size), int(self.epochs)
         return self._train(shuffled_batches(X, y, batch_size=batch_size, epochs=epochs, seed=int(self.seed)),
                            len(X), X.shape[1], outputs, validation)
@@ -156,12 +156,13 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         data = tf.data.Dataset.from_generator(passes, output_signature=(
             tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((None,), tf.int64))).prefetch(2)
-        return self._train(data, len(indexes), dim, outputs, checked)
+        return self._train(data, len(indexes), dim, outputs,
+                           None if checked is None else _EagerValidation(None, None, windows=checked))
 
     def _train(self, data: tf.data.Dataset, n: int, n_features: int, outputs: np.ndarray,
-               validation: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None) -> "DenseHead":
+               validation: "_EagerValidation | None") -> "DenseHead":
         """Build and train the head on ``data`` (``epochs`` passes over ``n`` rows, in batches), stopping early on
-        the ``validation`` windows of (features, label indexes) when given."""
+        the ``validation`` loss when given."""
         self.classes_, self.n_features_in_ = outputs, n_features
         keras.utils.set_random_seed(self.seed)
         self.model_ = self.build(n_features, len(self.classes_))
@@ -172,7 +173,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         compile_model(self.model_, self.learning_rate, steps_per_execution=steps, fused_adam=True)
         callbacks = []
         if validation is not None:
-            callbacks = [_EagerValidation(validation),
+            callbacks = [validation,
                          keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                        restore_best_weights=True)]
         # one iterator for all epochs (steps_per_epoch given): each epoch is its own seeded permutation
@@ -273,9 +274,11 @@ class _EagerValidation(keras.callbacks.Callback):
     fit's traced validation pass. Listed before the callbacks that read them (EarlyStopping; History
     comes last)."""
 
-    def __init__(self, windows: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]):
+    def __init__(self, X: np.ndarray | None, y: np.ndarray | None,
+                 windows: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None):
         super().__init__()
-        self.windows = windows  #: the validation (features, labels), in one or more windows
+        #: the validation (features, labels): ``(X, y)``, or the windows ``windows()`` yields (a streamed fit)
+        self.windows = windows or (lambda: [(X, y)])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         losses, right = [], []
