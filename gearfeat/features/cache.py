@@ -313,7 +313,8 @@ class FeatureRows:
             features[at] = block
         return features
 
-    def windows(self, indexes: np.ndarray, *, window_bytes: int = _READ_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def windows(self, indexes: np.ndarray, *,
+                window_bytes: int = _READ_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(at, features)`` pairs covering the positions ``indexes`` in the order of their rows in the file:
         ``features`` are those of ``indexes[at]``. Each pair comes from one contiguous read of at most
         ``window_bytes`` (h5py reads a slice far faster than scattered rows; a split takes most of each

@@ -136,10 +136,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         if validation is not None:
             val_indexes = np.asarray(validation[0], np.int64)
             y_val = _class_indexes(outputs, _check_labels(validation[1], len(val_indexes)), "validation labels")
-
-            def checked():
-                return ((_check_features(block), y_val[at]) for at, block in
-                        features.windows(val_indexes, window_bytes=window_bytes))
+            checked = _EagerValidation(None, None, windows=lambda: (
+                (_check_features(block), y_val[at]) for at, block in
+                features.windows(val_indexes, window_bytes=window_bytes)))
         batch_size, epochs, dim = int(self.batch_size), int(self.epochs), features.dim
 
         def passes():
@@ -156,8 +155,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         data = tf.data.Dataset.from_generator(passes, output_signature=(
             tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((None,), tf.int64))).prefetch(2)
-        return self._train(data, len(indexes), dim, outputs,
-                           None if checked is None else _EagerValidation(None, None, windows=checked))
+        return self._train(data, len(indexes), dim, outputs, checked)
 
     def _train(self, data: tf.data.Dataset, n: int, n_features: int, outputs: np.ndarray,
                validation: "_EagerValidation | None") -> "DenseHead":
