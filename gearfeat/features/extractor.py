@@ -226,8 +226,9 @@ class FeatureExtractor:
         """Extract the images of ``dataset`` that ``cache`` lacks into it: (images computed, files skipped)."""
         size = self.config.image_size
         todo: dict[str, tuple[Path, str]] = {}
-        for record in dataset.records:
-            if record.sha256 not in cache and record.sha256 not in todo:
+        cached = cache.find(dataset.hashes) >= 0
+        for record, known in zip(dataset.records, cached.tolist()):
+            if not known and record.sha256 not in todo:
                 todo[record.sha256] = (record.path, dataset.class_names[record.label])
         hashes = list(todo)
         paths = [str(todo[h][0]) for h in hashes]
