@@ -34,16 +34,17 @@ def child(folder: str, backbone_size: int) -> None:
     from gearfeat.features.extractor import ExtractorConfig, FeatureExtractor
 
     peaks = {}
-    read = FeatureCache.read
+    verify = FeatureCache.verify
 
-    def read_and_mark(cache, hashes):  # the streaming phase ends where extract reads the features back
+    def verify_and_mark(cache, rows=None):  # the streaming phase ends where extract checks the rows it serves
         peaks["streaming"] = peak_rss_mib()
-        return read(cache, hashes)
+        return verify(cache, rows)
 
-    FeatureCache.read = read_and_mark
+    FeatureCache.verify = verify_and_mark
     config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=None, image_size=128, backbone_size=backbone_size)
     with tempfile.TemporaryDirectory() as cache:
         result = FeatureExtractor(config, progress=False).extract(scan_dataset(folder), cache)
+        result.features  # noqa: B018 - reads them all
     peaks["with features read"] = peak_rss_mib()
     print(json.dumps({"images": result.computed, **peaks}))
 

@@ -74,6 +74,14 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None, help="dask: the scheduler address (tcp://host:8786)")
 
 
+def add_memory_option(parser: argparse.ArgumentParser) -> None:
+    """``--memory-budget`` (``train`` and ``search``)."""
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="the most memory the split's feature arrays may take, e.g. 2GB or 500MB; above it the "
+                             "head and the baseline train on features streamed from the cache (default: a quarter "
+                             "of the machine's RAM)")
+
+
 def add_split_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("split")
     g.add_argument("--val-fraction", type=float, default=0.15)
@@ -179,7 +187,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
-                    cache_dir=args.cache_dir, progress=not args.no_progress, log=_log)
+                    cache_dir=args.cache_dir, memory_budget=args.memory_budget, progress=not args.no_progress,
+                    log=_log)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -200,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, backend=args.backend,
-                   address=args.address, progress=not args.no_progress, log=_log)
+                   address=args.address, memory_budget=args.memory_budget, progress=not args.no_progress, log=_log)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -310,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_options(p)
     add_split_options(p)
     add_head_options(p)
+    add_memory_option(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("search", help="try many heads on the cached features in parallel; the best becomes "
@@ -335,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "extraction on that cluster")
     g.add_argument("--address", default=None,
                    help="dask: the scheduler address (tcp://host:8786); ray: the cluster (default 'auto')")
+    add_memory_option(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("predict", help="classify images with a saved model")

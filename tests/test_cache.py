@@ -1,12 +1,14 @@
 import json
 import multiprocessing
 import time
+import tracemalloc
 
 import h5py
 import numpy as np
 import pytest
 
-from gearfeat.features.cache import FeatureCache, fingerprint
+from gearfeat._internal.errors import GearfeatError
+from gearfeat.features.cache import CacheCorrupt, FeatureCache, fingerprint
 
 ATTRS = {"backbone": "tiny", "image_size": 32, "weights": "random", "preprocessing": "tf/v1"}
 
@@ -92,9 +94,59 @@ def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys):
         path.write_bytes(b"not an hdf5 file at all")
     messages = []
     with FeatureCache.open(tmp_path, ATTRS, log=messages.append) as cache:
+        if damage == "flip_feature":  # opening reads no feature: the row is found when read, before it is returned
+            assert len(cache) == 300 and messages == []
+            with pytest.raises(CacheCorrupt, match="checksum mismatch at row 17"):
+                cache.read(hashes[10:20])
+            assert not cache.verify()  # what extract runs over its rows: moves the file aside
+        elif len(cache):  # a truncated file can keep its keys readable: its features are not
+            assert not cache.verify()
         assert len(cache) == 0
     assert len(messages) == 1 and "failed verification" in messages[0] and "rebuilding" in messages[0]
     assert path.with_suffix(".corrupt").exists()
+
+
+def test_opening_reads_no_features_and_a_view_reads_only_its_rows(tmp_path, monkeypatch):
+    n, dim = 6000, 256  # 6 MB of features
+    hashes = [f"{i:064x}" for i in range(n)]
+    feats = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * n, ["a"] * n)
+    tracemalloc.start()
+    with FeatureCache.open(tmp_path, ATTRS, write=False) as cache:
+        opened = tracemalloc.get_traced_memory()[1]
+        view = cache.view(cache.rows(hashes))
+    tracemalloc.stop()
+    assert opened < feats.nbytes / 4, opened  # keys and digests only
+    picked = np.array([5999, 3, 4000, 3, 17])
+    np.testing.assert_array_equal(view.read(picked), feats[picked])
+    windows = list(view.windows(np.arange(0, n, 2), window_bytes=100 * dim * 4))
+    assert all(len(at) <= 50 for at, _ in windows)  # a window holds at most window_bytes of rows
+    got = np.empty((n // 2, dim), np.float32)
+    for at, block in windows:
+        got[at] = block
+    np.testing.assert_array_equal(got, feats[::2])
+    np.testing.assert_array_equal(np.asarray(view)[:3], feats[:3])
+
+
+def test_a_view_refuses_a_damaged_row_and_a_file_rebuilt_under_it(tmp_path):
+    hashes, feats = _rows(300, dim=8)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 300, ["a"] * 300)
+        view = cache.view(cache.rows(hashes))
+    np.testing.assert_array_equal(view.read([1, 2]), feats[[1, 2]])
+    path = FeatureCache.path_for(tmp_path, ATTRS)
+    with h5py.File(path, "a") as f:
+        f["features"][250, 0] = -1.0
+    with pytest.raises(GearfeatError, match=r"^cache .* changed or was damaged since this run checked it \(feature "
+                                            r"checksum mismatch at row 250\); run again"):
+        view.read(np.arange(200, 300))
+    np.testing.assert_array_equal(view.read([1, 2]), feats[[1, 2]])  # the rows it checked before
+    path.unlink()
+    with FeatureCache.open(tmp_path, ATTRS) as cache:  # another run rebuilt the file, rows in another order
+        cache.append(hashes[::-1], feats[::-1], ["p"] * 300, ["a"] * 300)
+    with pytest.raises(GearfeatError, match="checksum mismatch"):
+        view.read([5])
 
 
 def test_settings_mismatch_inside_file_is_never_reused(tmp_path):

@@ -7,8 +7,14 @@ the cache is never run through the backbone again, whatever its path.
 
 Crash safety: rows are appended in short open-write-close sessions and only the rows counted by the
 ``n_rows`` attribute (written last) are valid, so an interrupted extraction never reads as complete and the
-next run resumes after the last committed row. Every row carries a digest of its feature bytes; a file that
-fails its structure or digest check is moved aside and rebuilt. A process killed inside a write session can
+next run resumes after the last committed row. Every row carries a digest of its feature bytes.
+
+Opening a file reads its structure, settings, keys and digests, never its features (1M rows x 1,280 float32
+are 5 GB): a file that fails that check is moved aside and rebuilt. Feature rows are checked against their
+digests when they are read, in windows of rows (:meth:`FeatureCache.verify`, which ``extract`` runs over
+the rows of its dataset before it returns, and :class:`FeatureRows`, the on-demand view the workflows read a
+split's rows through): a damaged row is found before any caller gets its features, and a file with one is
+moved aside and rebuilt by the extraction that finds it. A process killed inside a write session can
 also leave a file that reads fine but refuses further writes (HDF5's space bookkeeping for variable-length
 strings): the first write that fails copies the committed rows into a fresh file and carries on. An
 exclusive file lock serializes writers across processes; readers take a shared lock.
@@ -28,7 +34,7 @@ import json
 import os
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -37,6 +43,7 @@ import numpy as np
 
 from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
+from .._internal.system import size_text
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -45,6 +52,7 @@ _COLUMNS = ("features", "sha256", "digest", "path", "label")
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on a damaged file
 _SPACE_MARGIN = 1 << 20  # bytes left free besides an append's rows: HDF5 metadata, heap and B-tree growth
 _ROW_OVERHEAD = 64 + 8 + 2 * 32  # bytes a row takes besides its features and strings: sha256, digest, heap entries
+_READ_BYTES = 32 << 20  # the most feature bytes one read window holds in memory
 
 
 def _settings_json(attrs: Mapping[str, object]) -> str:
@@ -72,8 +80,10 @@ class FeatureCache:
     def __init__(self, path: Path, attrs: Mapping[str, object]):
         self.path = Path(path)
         self.attrs = dict(attrs)
-        self._index: dict[str, int] = {}
-        self._verified = np.zeros((0, 0), np.float32)  # the rows checked when the file was opened
+        self._keys = np.zeros(0, "S64")  # the sha256 of the rows committed when the file was opened, sorted ...
+        self._order = np.zeros(0, np.int64)  # ... and the row of each: 72 bytes a row, a fifth of a dict's
+        self._index: dict[str, int] = {}  # the rows appended since
+        self._digests = np.zeros(0, "S8")  # the digest of every committed row, as recorded in the file
         self.n_rows = 0
         self.dim: int | None = None
         self.log = _stderr
@@ -89,42 +99,33 @@ class FeatureCache:
     @contextmanager
     def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *, write: bool = True,
              log=None) -> Iterator["FeatureCache"]:
-        """Lock (exclusive for writers, shared for readers), verify and load the index of a cache file."""
+        """Lock (exclusive for writers, shared for readers), check the structure of a cache file and load its
+        keys and digests (not its features: see :meth:`verify`)."""
         path = cls.path_for(cache_dir, attrs)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(path.with_suffix(".lock"), "a+")
-        except OSError as exc:
-            raise GearfeatError(f"cannot use cache folder {path.parent}: {exc.strerror}; "
-                                "pass a writable --cache-dir") from None
-        with lock:
-            mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
-            try:
-                fcntl.flock(lock, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                (log or _stderr)(f"waiting for another gearfeat process using {path.name} ...")
-                fcntl.flock(lock, mode)
-            try:
-                cache = cls(path, attrs)
-                cache.log = log or _stderr
-                cache._load(cache.log)
-                yield cache
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _locked(path, write=write, log=log or _stderr):
+            cache = cls(path, attrs)
+            cache.log = log or _stderr
+            cache._load(cache.log)
+            yield cache
 
     # ----------------------------------------------------------------- reading
     def _load(self, log) -> None:
         if not self.path.exists():
             return
         try:
-            self._verify_and_index()
+            self._check_and_index()
         except CacheCorrupt as exc:
-            aside = self.path.with_suffix(".corrupt")
-            os.replace(self.path, aside)
-            log(f"warning: cache {self.path} failed verification ({exc}); moved to {aside.name} and rebuilding")
-            self._index, self.n_rows, self.dim = {}, 0, None
+            self._discard(exc)
 
-    def _verify_and_index(self) -> None:
+    def _discard(self, reason: CacheCorrupt) -> None:
+        """Move a damaged file aside (``.corrupt``) and start an empty cache in its place."""
+        aside = self.path.with_suffix(".corrupt")
+        os.replace(self.path, aside)
+        self.log(f"warning: cache {self.path} failed verification ({reason}); moved to {aside.name} and rebuilding")
+        self._index, self.n_rows, self.dim, self._digests = {}, 0, None, np.zeros(0, "S8")
+        self._keys, self._order = np.zeros(0, "S64"), np.zeros(0, np.int64)
+
+    def _check_and_index(self) -> None:
         try:
             with h5py.File(self.path, "r") as f:
                 n = int(f.attrs.get("n_rows", -1))
@@ -133,48 +134,62 @@ class FeatureCache:
                 needed = ("features", "sha256", "digest", "path", "label")
                 if n < 0 or any(k not in f for k in needed) or any(f[k].shape[0] < n for k in needed):
                     raise CacheCorrupt("missing or short datasets")
-                features = f["features"][:n]
+                dim = int(f["features"].shape[1])
                 digests = f["digest"][:n]
                 hashes = f["sha256"][:n]
         except CacheCorrupt:
             raise
         except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
             raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}")
-        if not np.array_equal(row_digest(features), digests):
-            bad = int(np.argmax(row_digest(features) != digests))
-            raise CacheCorrupt(f"feature checksum mismatch at row {bad}")
-        self.n_rows, self.dim = n, (features.shape[1] if n else None)
-        self._index = {h.decode(): i for i, h in enumerate(hashes)}
-        self._verified = features
+        self.n_rows, self.dim = n, (dim if n else None)
+        self._order = np.argsort(hashes, kind="stable").astype(np.int64)
+        self._keys = hashes[self._order]
+        self._digests = digests
 
     def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._index
+        return sha256 in self._index or self.find([sha256])[0] >= 0
 
     def __len__(self) -> int:
         return self.n_rows
 
     def rows(self, hashes: list[str]) -> np.ndarray:
         """Row numbers of these image hashes (KeyError for one not cached)."""
-        return np.array([self._index[h] for h in hashes], dtype=np.int64)
+        rows = self.find(hashes)
+        if (rows < 0).any():
+            raise KeyError(hashes[int(np.argmax(rows < 0))])
+        return rows
+
+    def find(self, hashes: list[str]) -> np.ndarray:
+        """Row numbers of these image hashes, -1 for those not cached."""
+        keys = np.array(hashes, dtype="S64")
+        at = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
+        rows = np.where(self._keys[at] == keys, self._order[at], -1) if len(self._keys) else np.full(len(keys), -1)
+        if self._index:
+            rows = np.array([self._index.get(h, r) for h, r in zip(hashes, rows.tolist())], dtype=np.int64)
+        return rows.astype(np.int64)
 
     def read(self, hashes: list[str]) -> np.ndarray:
-        """The (N, D) float32 features of these image hashes, in the order given."""
-        rows = self.rows(hashes)
-        if len(rows) == 0:
-            return np.zeros((0, self.dim or 0), np.float32)
-        if len(rows) == len(self._verified) and np.array_equal(rows, np.arange(len(rows))):
-            return self._verified.copy()  # a warm run: every row was read and checked at open, in this order
-        known = rows < len(self._verified)  # rows checked at open come from memory, newer ones from the file
-        features = np.empty((len(rows), self.dim), np.float32)
-        if known.any():
-            features[known] = self._verified[rows[known]]
-        if not known.all():
-            newer = rows[~known]
-            unique = np.unique(newer)  # h5py reads increasing indexes only
-            with h5py.File(self.path, "r") as f:
-                block = f["features"][unique]
-            features[~known] = block[np.searchsorted(unique, newer)]
-        return features
+        """The (N, D) float32 features of these image hashes, in the order given, each row checked against its
+        digest (:class:`CacheCorrupt` names the first that fails)."""
+        return self.view(self.rows(hashes), locked=False).read()
+
+    def view(self, rows: np.ndarray, *, locked: bool = True) -> "FeatureRows":
+        """These committed rows as a :class:`FeatureRows`, read on demand. ``locked`` views take the shared
+        lock for each read: use them once this cache is closed (inside, they would wait for its own lock)."""
+        rows = np.asarray(rows, np.int64)
+        return FeatureRows(self.path, rows, self._digests[rows], self.dim or 0, locked=locked)
+
+    def verify(self, rows: np.ndarray | None = None) -> bool:
+        """Check ``rows`` (default: every committed row) against their digests, a window at a time (memory:
+        :data:`_READ_BYTES`). A damaged file is moved aside and this cache starts empty: returns False."""
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, np.int64)
+        try:
+            for _ in self.view(rows, locked=False).windows(np.arange(len(rows))):
+                pass
+        except CacheCorrupt as exc:
+            self._discard(exc)
+            return False
+        return True
 
     # ----------------------------------------------------------------- writing
     def append(self, hashes: list[str], features: np.ndarray, paths: list[str], labels: list[str]) -> None:
@@ -200,6 +215,7 @@ class FeatureCache:
                          f"{self.n_rows} committed rows to a fresh file")
         start = self.n_rows
         self._index.update({h: start + i for i, h in enumerate(hashes)})
+        self._digests = np.concatenate([self._digests, columns["digest"]])
         self.n_rows, self.dim = start + n_new, dim
         self.pending = max(0, self.pending - n_new)
 
@@ -211,8 +227,8 @@ class FeatureCache:
             rows = max(self.pending, n_rows)
             total = rows * (dim * 4 + _ROW_OVERHEAD + text_per_row) + _CHUNK_ROWS * dim * 4 + _SPACE_MARGIN
             return GearfeatError(
-                f"not enough space for the feature cache in {self.path.parent}: {_size(free)} free, the run needs "
-                f"about {_size(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
+                f"not enough space for the feature cache in {self.path.parent}: {size_text(free)} free, the run needs "
+                f"about {size_text(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
                 f"there (the {self.n_rows} rows cached so far are kept) or pass --cache-dir on a disk with room")
 
         def free() -> int:
@@ -276,18 +292,142 @@ class FeatureCache:
         f.create_dataset("label", (0,), _STR, maxshape=(None,), chunks=(1024,))
 
 
+class FeatureRows:
+    """Some rows of a cache file (``rows``, in this order), read on demand without loading the others.
+
+    Every read opens the file (under a shared lock, if ``locked``) and checks each row against the digest
+    recorded when the view was made (the file's as the cache opened it), the first time this view reads it:
+    a damaged row, or a file rebuilt since, is an error before its features are handed out (a one-line
+    GearfeatError naming the file; :class:`CacheCorrupt` for an unlocked view, read by the open cache, which
+    moves the file aside). ``np.asarray(view)`` reads them all.
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True):
+        self.path, self.rows, self.digests, self.dim, self.locked = Path(path), rows, digests, dim, locked
+        self._checked = np.zeros(len(rows), bool)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), self.dim)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.dim * 4
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        features = self.read()
+        return features if dtype is None else features.astype(dtype)
+
+    def read(self, indexes: np.ndarray | None = None) -> np.ndarray:
+        """The (len(indexes), D) features of the view's positions ``indexes`` (default: all), in that order."""
+        indexes = np.arange(len(self.rows)) if indexes is None else np.asarray(indexes, np.int64)
+        features = np.empty((len(indexes), self.dim), np.float32)
+        for at, block in self.windows(indexes):
+            features[at] = block
+        return features
+
+    def windows(self, indexes: np.ndarray, *,
+                window_bytes: int = _READ_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(at, features)`` pairs covering the positions ``indexes`` in the order of their rows in the file:
+        ``features`` are those of ``indexes[at]``. Each pair comes from one contiguous read of at most
+        ``window_bytes`` (h5py reads a slice far faster than scattered rows; a split takes most of each
+        256-row HDF5 chunk anyway)."""
+        indexes = np.asarray(indexes, np.int64)
+        if not len(indexes):
+            return
+        order = np.argsort(self.rows[indexes], kind="stable")
+        rows = self.rows[indexes][order]  # increasing
+        span = max(1, window_bytes // max(4 * self.dim, 1))
+        with _locked(self.path, write=False, log=_stderr) if self.locked else nullcontext():
+            try:
+                with h5py.File(self.path, "r") as f:
+                    features = f["features"]
+                    first = 0
+                    while first < len(order):
+                        start = int(rows[first])
+                        last = int(np.searchsorted(rows, start + span, side="left"))
+                        at = order[first:last]
+                        block = features[start:int(rows[last - 1]) + 1][rows[first:last] - start]
+                        self._check(indexes[at], block)
+                        yield at, block
+                        first = last
+            except CacheCorrupt as exc:
+                if not self.locked:  # the open cache's own reads: it moves the file aside
+                    raise
+                raise GearfeatError(f"cache {self.path} changed or was damaged since this run checked it ({exc}); "
+                                    "run again: the extraction moves a damaged file aside and rebuilds it") from None
+            except _H5_ERRORS as exc:
+                if not self.locked:
+                    raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}") from None
+                raise GearfeatError(f"cannot read cache {self.path}: {first_line(exc)}; run again: the extraction "
+                                    "moves a damaged file aside and rebuilds it") from None
+
+    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int = _READ_BYTES) -> np.memmap:
+        """Write the features of ``indexes`` (in that order) to the ``.npy`` file ``path``, a window at a time, and
+        return it memory-mapped read-only: worker processes map the same file (joblib passes a memmap by
+        reference) instead of each receiving a copy."""
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(indexes), self.dim))
+        for at, block in self.windows(indexes, window_bytes=window_bytes):
+            out[at] = block
+        out.flush()
+        del out
+        return np.load(path, mmap_mode="r")
+
+    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int = _READ_BYTES
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(at, features)`` pairs covering ``indexes`` (``features`` those of ``indexes[at]``) for one pass of
+        streamed training: the rows are cut into windows of consecutive rows in the file (``window_bytes``
+        each), the windows come in an order drawn from ``seed`` and the rows of each window are shuffled. Not a
+        full shuffle: rows of one window stay together in the pass. One contiguous read per window."""
+        indexes = np.asarray(indexes, np.int64)
+        span = max(1, window_bytes // max(4 * self.dim, 1))
+        by_row = np.argsort(self.rows[indexes], kind="stable")
+        rng = np.random.default_rng(seed)
+        groups = [by_row[i:i + span] for i in range(0, len(by_row), span)]
+        for g in rng.permutation(len(groups)):
+            at = groups[g]
+            block = self.read(indexes[at])
+            mix = rng.permutation(len(at))
+            yield at[mix], block[mix]
+
+    def _check(self, positions: np.ndarray, block: np.ndarray) -> None:
+        fresh = ~self._checked[positions]
+        if fresh.any():
+            bad = row_digest(block[fresh]) != self.digests[positions[fresh]]
+            if bad.any():
+                raise CacheCorrupt(f"feature checksum mismatch at row {int(self.rows[positions[fresh][bad][0]])}")
+            self._checked[positions[fresh]] = True
+
+
+@contextmanager
+def _locked(path: Path, *, write: bool, log) -> Iterator[None]:
+    """Hold the lock file of the cache ``path``: exclusive for writers, shared for readers."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a+")
+    except OSError as exc:
+        raise GearfeatError(f"cannot use cache folder {path.parent}: {exc.strerror}; "
+                            "pass a writable --cache-dir") from None
+    with lock:
+        mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
+        try:
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another gearfeat process using {path.name} ...")
+            fcntl.flock(lock, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _no_space(exc: BaseException) -> bool:
     """True for a write error from a full disk or quota (h5py puts the errno in its message only)."""
     return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) \
         or "No space left" in str(exc)
-
-
-def _size(n: float) -> str:
-    """``n`` bytes in words: 512 B, 3.4 MB, 1.2 GB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def _stderr(message: str) -> None:

@@ -29,7 +29,7 @@ from ..data.dataset import Dataset, Skipped, scan_dataset, write_skipped
 from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image, decoded_batches
 from ..data.labels import LabelFile
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
-from .cache import FeatureCache
+from .cache import FeatureCache, FeatureRows
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
 
 DEFAULT_BATCH_SIZE = 16  # small batches in several streams interleave best with decoding (bench_extract.py)
@@ -99,9 +99,10 @@ def build_extractor(config: ExtractorConfig) -> keras.Model:
 
 @dataclass(repr=False)
 class Extraction:
-    """The result of :func:`extract`: features aligned with ``dataset.records``."""
+    """The result of :func:`extract`: ``rows``, the cached features of ``dataset.records`` (in that order), read
+    on demand; ``features`` reads them all (once, then kept), ``rows.read(indexes)`` only those of ``indexes``."""
 
-    features: np.ndarray
+    rows: FeatureRows
     dataset: Dataset
     cache_path: Path
     computed: int
@@ -110,8 +111,17 @@ class Extraction:
     skipped: list[Skipped] = field(default_factory=list)
     extractor: "FeatureExtractor | None" = None
 
+    _features: np.ndarray | None = field(default=None, init=False)
+
+    @property
+    def features(self) -> np.ndarray:
+        """All the features (N, D), aligned with ``dataset.records``: read from the cache on first use."""
+        if self._features is None:
+            self._features = self.rows.read()
+        return self._features
+
     def __repr__(self) -> str:
-        return (f"Extraction(features={self.features.shape}, cache_path={str(self.cache_path)!r}, "
+        return (f"Extraction(features={self.rows.shape}, cache_path={str(self.cache_path)!r}, "
                 f"computed={self.computed}, reused={self.reused}, skipped={len(self.skipped)}, "
                 f"seconds={self.seconds:.1f})")
 
@@ -192,31 +202,47 @@ class FeatureExtractor:
         Files that fail to decode are skipped (listed in ``Extraction.skipped``) and left out of the
         returned dataset; a file whose bytes changed since the scan is skipped too, and so are the files
         with the same bytes as a skipped one.
+
+        The features are not read into memory (see :class:`Extraction`), but every row of the dataset is
+        checked against its digest here, a window of rows at a time, before this returns: a damaged cache is
+        moved aside and its images extracted again.
         """
         start = time.perf_counter()
-        size = self.config.image_size
         with FeatureCache.open(cache_dir, self.config.cache_attrs()) as cache:
-            todo: dict[str, tuple[Path, str]] = {}
-            for record in dataset.records:
-                if record.sha256 not in cache and record.sha256 not in todo:
-                    todo[record.sha256] = (record.path, dataset.class_names[record.label])
-            hashes = list(todo)
-            paths = [str(todo[h][0]) for h in hashes]
-            labels = [todo[h][1] for h in hashes]
-            desc = f"extract {self.config.backbone}"
-            if client is None:
-                failed = self._stream(cache, hashes, paths, labels,
-                                      lambda i: load_checked_image(paths[i], hashes[i], size), desc=desc)
-            else:
-                from .distributed import stream_on_cluster
-                failed = stream_on_cluster(client, self, cache, hashes, paths, labels, desc=desc)
-            computed = len(hashes) - len(failed)
-            failed += _copies_of_failed(dataset, dict(zip(hashes, paths)), failed)
-            kept = dataset.without(failed)
-            features = cache.read(kept.hashes)
-            return Extraction(features, kept, cache.path, computed=computed,
+            for attempt in (1, 2):
+                computed, failed = self._fill(dataset, cache, client)
+                kept = dataset.without(failed)
+                rows = cache.rows(kept.hashes)
+                if cache.verify(np.unique(rows)):  # else moved aside: this cache is empty now
+                    break
+                if attempt == 2:
+                    raise GearfeatError(f"cache {cache.path} fails verification right after it was written; "
+                                        "check the disk, or pass another --cache-dir")
+            return Extraction(cache.view(rows), kept, cache.path, computed=computed,
                               reused=len(kept.records) - computed, seconds=time.perf_counter() - start,
                               skipped=failed, extractor=self)
+
+    def _fill(self, dataset: Dataset, cache: FeatureCache, client) -> tuple[int, list[Skipped]]:
+        """Extract the images of ``dataset`` that ``cache`` lacks into it: (images computed, files skipped)."""
+        size = self.config.image_size
+        todo: dict[str, tuple[Path, str]] = {}
+        cached = cache.find(dataset.hashes) >= 0
+        for record, known in zip(dataset.records, cached.tolist()):
+            if not known and record.sha256 not in todo:
+                todo[record.sha256] = (record.path, dataset.class_names[record.label])
+        hashes = list(todo)
+        paths = [str(todo[h][0]) for h in hashes]
+        labels = [todo[h][1] for h in hashes]
+        desc = f"extract {self.config.backbone}"
+        if client is None:
+            failed = self._stream(cache, hashes, paths, labels,
+                                  lambda i: load_checked_image(paths[i], hashes[i], size), desc=desc)
+        else:
+            from .distributed import stream_on_cluster
+            failed = stream_on_cluster(client, self, cache, hashes, paths, labels, desc=desc)
+        computed = len(hashes) - len(failed)
+        failed += _copies_of_failed(dataset, dict(zip(hashes, paths)), failed)
+        return computed, failed
 
     def extract_arrays(self, images: np.ndarray, labels: Sequence[str], cache_dir: str | os.PathLike = "cache",
                        *, source: str = "array") -> tuple[np.ndarray, Path]:

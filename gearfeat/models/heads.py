@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -13,6 +13,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from .._internal.errors import InvalidArgumentError, check_seed, first_line, is_int, is_real
+from ..features.cache import FeatureRows
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
 
@@ -111,22 +112,70 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                 raise InvalidArgumentError("validation_data must be a pair (features, labels)")
             X_val = _check_width(_check_features(validation_data[0]), X.shape[1], "validation_data")
             y_val = _class_indexes(outputs, _check_labels(validation_data[1], len(X_val)), "validation labels")
-        self.classes_, self.n_features_in_ = outputs, X.shape[1]
-        keras.utils.set_random_seed(self.seed)
-        self.model_ = self.build(X.shape[1], len(self.classes_))
+        validation = None if validation_data is None else _EagerValidation(X_val, y_val)
         batch_size, epochs = int(self.batch_size), int(self.epochs)
-        steps = -(-len(X) // batch_size)
+        return self._train(shuffled_batches(X, y, batch_size=batch_size, epochs=epochs, seed=int(self.seed)),
+                           len(X), X.shape[1], outputs, validation)
+
+    def fit_streamed(self, features: FeatureRows, indexes: np.ndarray, y: np.ndarray,
+                     validation: tuple[np.ndarray, np.ndarray] | None = None, classes: Sequence | None = None,
+                     window_bytes: int = 32 << 20) -> "DenseHead":
+        """As :meth:`fit`, on the rows ``indexes`` of ``features`` (a cache view), streamed from the HDF5 file
+        through ``tf.data`` a window of ``window_bytes`` at a time instead of held in memory; ``validation`` is
+        ``(val_indexes, val_labels)``, read a window at a time at each epoch's end.
+
+        Each epoch takes the windows in its own seeded order and shuffles the rows inside each
+        (:meth:`FeatureRows.shuffled`): close to, not the same as, :meth:`fit`'s full shuffle.
+        """
+        self.validate()
+        indexes = np.asarray(indexes, np.int64)
+        y = _check_labels(y, len(indexes))
+        outputs = _check_classes(y, classes)
+        y = _class_indexes(outputs, y, "y")
+        checked = None
+        if validation is not None:
+            val_indexes = np.asarray(validation[0], np.int64)
+            y_val = _class_indexes(outputs, _check_labels(validation[1], len(val_indexes)), "validation labels")
+            checked = _EagerValidation(None, None, windows=lambda: (
+                (_check_features(block), y_val[at]) for at, block in
+                features.windows(val_indexes, window_bytes=window_bytes)))
+        batch_size, epochs, dim = int(self.batch_size), int(self.epochs), features.dim
+
+        def passes():
+            for epoch in range(epochs):
+                carry_x, carry_y = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+                for at, block in features.shuffled(indexes, seed=int(self.seed) * 100003 + epoch,
+                                                   window_bytes=window_bytes):
+                    carry_x, carry_y = np.concatenate([carry_x, block]), np.concatenate([carry_y, y[at]])
+                    while len(carry_x) >= batch_size:
+                        yield carry_x[:batch_size], carry_y[:batch_size]
+                        carry_x, carry_y = carry_x[batch_size:], carry_y[batch_size:]
+                if len(carry_x):
+                    yield carry_x, carry_y
+
+        data = tf.data.Dataset.from_generator(passes, output_signature=(
+            tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((None,), tf.int64))).prefetch(2)
+        return self._train(data, len(indexes), dim, outputs, checked)
+
+    def _train(self, data: tf.data.Dataset, n: int, n_features: int, outputs: np.ndarray,
+               validation: "_EagerValidation | None") -> "DenseHead":
+        """Build and train the head on ``data`` (``epochs`` passes over ``n`` rows, in batches), stopping early on
+        the ``validation`` loss when given."""
+        self.classes_, self.n_features_in_ = outputs, n_features
+        keras.utils.set_random_seed(self.seed)
+        self.model_ = self.build(n_features, len(self.classes_))
+        batch_size, epochs = int(self.batch_size), int(self.epochs)
+        steps = -(-n // batch_size)
         # one graph call per epoch (steps_per_execution) on an in-graph tf.data pipeline: the per-step
         # Python round trips of fit(numpy) cost more than this small network's arithmetic
         compile_model(self.model_, self.learning_rate, steps_per_execution=steps, fused_adam=True)
         callbacks = []
-        if validation_data is not None:
-            callbacks = [_EagerValidation(X_val, y_val),
+        if validation is not None:
+            callbacks = [validation,
                          keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(self.patience),
                                                        restore_best_weights=True)]
         # one iterator for all epochs (steps_per_epoch given): each epoch is its own seeded permutation
-        fitted = self.model_.fit(shuffled_batches(X, y, batch_size=batch_size, epochs=epochs, seed=int(self.seed)),
-                                 epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
+        fitted = self.model_.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                                  verbose=self.verbose)
         self.history_ = {k: [float(v) for v in values] for k, values in fitted.history.items()}
         # EarlyStopping restores the best epoch's weights when training ends, stopped early or not
@@ -223,16 +272,20 @@ class _EagerValidation(keras.callbacks.Callback):
     fit's traced validation pass. Listed before the callbacks that read them (EarlyStopping; History
     comes last)."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray):
+    def __init__(self, X: np.ndarray | None, y: np.ndarray | None,
+                 windows: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None):
         super().__init__()
-        self.X, self.y = X, y
+        #: the validation (features, labels): ``(X, y)``, or the windows ``windows()`` yields (a streamed fit)
+        self.windows = windows or (lambda: [(X, y)])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = _probabilities(self.model, self.X)
-        loss = keras.losses.sparse_categorical_crossentropy(self.y, proba)
-        logs["val_loss"] = float(np.mean(keras.ops.convert_to_numpy(loss)) +
-                                 sum(float(r) for r in self.model.losses))
-        logs["val_accuracy"] = float(np.mean(proba.argmax(axis=1) == self.y))
+        losses, right = [], []
+        for X, y in self.windows():
+            proba = _probabilities(self.model, X)
+            losses.append(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, proba)))
+            right.append(proba.argmax(axis=1) == y)
+        logs["val_loss"] = float(np.mean(np.concatenate(losses)) + sum(float(r) for r in self.model.losses))
+        logs["val_accuracy"] = float(np.mean(np.concatenate(right)))
 
 
 def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int) -> tf.data.Dataset:

@@ -173,6 +173,7 @@ class RunRecord:
     baseline_c: float | None = None
     images_computed: int | None = None
     images_reused: int | None = None
+    features: dict[str, Any] | None = None  # train, search: in memory or streamed from the cache, and the budget
     search: dict[str, Any] | None = None  # search: the space, trials, backend and winner
     fit: dict[str, Any] | None = None  # cnn, finetune: the FitConfig
     stopped_by: str | None = None
@@ -217,7 +218,7 @@ class RunRecord:
         for name in _fields_of(command):
             value = payload.get(name)
             if value is None:
-                if name != "labels":  # null: a data folder without a label file
+                if name not in ("labels", "features"):  # null: no label file; a run from before memory budgets
                     raise GearfeatError(f"{path} has no {name} (the file was edited, or written by an "
                                         "unfinished run); run the command again")
                 continue
@@ -239,7 +240,7 @@ class RunRecord:
         return run.write_json(RUN_FILE, self.to_json())
 
 
-_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline_c", "images_computed", "images_reused")
+_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline_c", "images_computed", "images_reused", "features")
 _FIT_FIELDS = ("fit", "stopped_by")
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "train": _TRANSFER_FIELDS,

@@ -18,14 +18,20 @@ object store (put once, read by reference), and threads share them."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .._internal.system import memory_budget as memory_budget_of, size_text
 from ..data.dataset import Skipped, SplitConfig, split_dataset
 from ..data.labels import LabelFile
+from ..features.cache import FeatureRows
 from ..features.extractor import ExtractorConfig, extract_dataset
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
@@ -66,7 +72,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
            space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
            jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
-           cache_dir: str | os.PathLike = "cache", progress: bool = True, log: Log = print) -> SearchResult:
+           cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None, progress: bool = True,
+           log: Log = print) -> SearchResult:
     """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
     keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
     tried) and write the run folder like ``gearfeat train``.
@@ -77,6 +84,11 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     ``backend="dask"`` the extraction runs on the same cluster as the trials. Writes ``trials.csv``,
     ``trials.json``, ``leaderboard.md`` and ``search.png`` besides ``model.h5`` (the best dense head) and the
     rest of a train run.
+
+    ``memory_budget`` (e.g. ``"2GB"``; default a quarter of the RAM): train and validation features of more
+    bytes are written once, a window at a time, to ``.npy`` files beside the cache (removed at the end) and the
+    trials get them memory-mapped (loky's workers map the same files; the in-process backend's heads still copy
+    their training rows into TensorFlow); the winner is finished as ``train`` finishes an over-budget run.
     """
     started = time.perf_counter()
     space = parse_space(space)
@@ -88,16 +100,18 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     backend = backend or DEFAULT_BACKEND
     get_backend(backend, address)
     check_jobs(jobs)
+    budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True, log=log)
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress, log=log,
                                  **({"backend": "dask", "address": address} if backend == "dask" else {}))
-    X, y = extraction.features, extraction.dataset.labels
+    rows, y = extraction.rows, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
     t0 = time.perf_counter()
-    found = run_trials(configurations, X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]],
-                       n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
-                       backend=backend, address=address, progress=progress, log=log)
+    with _trial_arrays(rows, parts, extraction.cache_path, budget, log) as (X_train, X_val):
+        found = run_trials(configurations, X_train, y[parts["train"]], X_val, y[parts["val"]],
+                           n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
+                           backend=backend, address=address, progress=progress, log=log)
     search_seconds = time.perf_counter() - t0
     board = rank_trials(found)
     by_trial = {t["trial"]: t for t in board}
@@ -121,7 +135,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     head = found.best_head if best_head else DenseHead()  # no dense trial: the default head, trained
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline, baseline_c=baseline_c,
                           started=started, command="search", search=info, fitted=best_head is not None,
-                          log=log)
+                          memory_budget=budget, log=log)
     metrics = fitted.metrics
     winner = board[0]
     test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"
@@ -133,3 +147,18 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     plot_search(trials, run / "search.png", influence)
     run.record("search.png")
     return SearchResult(run.path, trials, board, metrics, extraction.skipped, fitted.head, fitted.baseline)
+
+
+@contextmanager
+def _trial_arrays(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path, budget: int,
+                  log: Log) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The train and validation features of the trials: read into memory within ``budget``, else written to
+    ``.npy`` files in a temporary folder beside the cache and memory-mapped (the folder is removed after)."""
+    need = 4 * rows.dim * (len(parts["train"]) + len(parts["val"]))
+    if need <= budget:
+        yield rows.read(parts["train"]), rows.read(parts["val"])
+        return
+    with tempfile.TemporaryDirectory(prefix=".gearfeat-trials-", dir=Path(cache_path).parent) as folder:
+        log(f"search: the trials' features ({size_text(need)}, more than the budget {size_text(budget)}) are "
+            f"memory-mapped from {folder}")
+        yield tuple(rows.to_npy(parts[name], Path(folder) / f"{name}.npy") for name in ("train", "val"))

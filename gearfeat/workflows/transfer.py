@@ -16,11 +16,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._internal.errors import GearfeatError
 from .._internal.fileio import atomic_path
-from .._internal.system import machine_summary
+from .._internal.system import machine_summary, memory_budget as memory_budget_of, size_text
 from ..data.dataset import Dataset, SplitConfig, write_skipped
 from ..data.images import load_image
+from ..features.cache import FeatureRows
 from ..features.extractor import Extraction, ExtractorConfig
-from ..models.baseline import BASELINE_FILE, make_baseline
+from ..models.baseline import BASELINE_FILE, fit_streamed_baseline, make_baseline
 from ..models.heads import DenseHead
 from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
@@ -31,6 +32,9 @@ STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to pro
 
 
 STITCH_TOLERANCE = 1e-4  # largest difference of probabilities between the stitched model and the head
+
+
+STREAM_WINDOW_BYTES = 32 << 20  # the most feature bytes a streamed run reads at once (a quarter of a smaller budget)
 
 
 @dataclass(repr=False)
@@ -56,7 +60,8 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHe
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", search: dict | None = None,
-                 fitted: bool = False, log: Callable[[str], None] = print) -> FittedRun:
+                 fitted: bool = False, memory_budget: int | None = None,
+                 log: Callable[[str], None] = print) -> FittedRun:
     """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
     seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
     stitch, and write the run folder.
@@ -65,12 +70,30 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
     ``baseline.joblib``, ``skipped.json`` and ``run.json`` (its :class:`~gearfeat.outputs.runs.RunRecord`:
     ``command``, settings, sizes, wall times, and the ``search`` summary of a search).
+
+    Only the rows of the split are read from the cache. When they hold more than ``memory_budget`` bytes
+    (default: :func:`~gearfeat._internal.system.memory_budget`), nothing is loaded whole: the head trains on
+    windows streamed from the HDF5 file (:meth:`DenseHead.fit_streamed`), the baseline is the streamed SGD
+    logistic regression (:func:`~gearfeat.models.baseline.fit_streamed_baseline`) whatever ``baseline`` says, and
+    predictions are made a window at a time. The log and ``run.json``'s ``features`` say which path was taken.
     """
     started = time.perf_counter() if started is None else started
     config = extraction.extractor.config
-    dataset, X = extraction.dataset, extraction.features
+    dataset, rows = extraction.dataset, extraction.rows
     y = dataset.labels
     train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
+    budget = memory_budget_of(memory_budget)
+    split_bytes = 4 * rows.dim * sum(len(idx) for idx in (train_idx, val_idx, test_idx))
+    streamed = split_bytes > budget
+    window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
+    path = f"streamed from the cache, budget {size_text(budget)}" if streamed else "in memory"
+    log(f"features: {path} ({size_text(split_bytes)} for the split"
+        + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})" if streamed else ")"))
+    X_parts = {} if streamed else {name: rows.read(parts[name]) for name in ("train", "val", "test")}
+
+    def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
+        """``function`` of the features of one part of the split (a window at a time when streamed)."""
+        return _in_windows(rows, parts[part], function, window) if streamed else function(X_parts[part])
 
     t0 = time.perf_counter()
     if fitted:
@@ -82,16 +105,27 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
             warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
                           "seeds the split and the training)", stacklevel=3)  # the line that called train or search
         head = clone(head).set_params(seed=split.seed)
-        head.fit(X[train_idx], y[train_idx], validation_data=(X[val_idx], y[val_idx]),
-                 classes=range(len(dataset.class_names)))
+        classes = range(len(dataset.class_names))
+        if streamed:
+            head.fit_streamed(rows, train_idx, y[train_idx], validation=(val_idx, y[val_idx]), classes=classes,
+                              window_bytes=window)
+        else:
+            head.fit(X_parts["train"], y[train_idx], validation_data=(X_parts["val"], y[val_idx]), classes=classes)
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X[train_idx], y[train_idx])
+    if streamed:
+        y_train = y[train_idx]
+        base = fit_streamed_baseline(
+            lambda epoch: ((X, y_train[at]) for at, X in rows.shuffled(train_idx, seed=split.seed + epoch,
+                                                                        window_bytes=window)),
+            range(len(dataset.class_names)), n_rows=len(train_idx), C=baseline_c, seed=split.seed)
+    else:
+        base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X_parts["train"], y[train_idx])
     baseline_seconds = time.perf_counter() - t0
 
-    head_proba = head.predict_proba(X[test_idx])
+    head_proba = apply(head.predict_proba, "test")
     head_pred = head_proba.argmax(axis=1)
-    base_pred = base.predict(X[test_idx])
+    base_pred = apply(base.predict, "test")
     model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
     stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
     if stitch_delta > STITCH_TOLERANCE:
@@ -104,7 +138,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     metrics = {
         "test_accuracy": head_metrics["accuracy"],
         "baseline_test_accuracy": float(np.mean(base_pred == y[test_idx])),
-        "val_accuracy": float(head.score(X[val_idx], y[val_idx])),
+        "val_accuracy": float(np.mean(apply(head.predict, "val") == y[val_idx])),
         "per_class": head_metrics["per_class"],
         "baseline": baseline,
         "stitched_vs_head_max_abs_diff": stitch_delta,
@@ -142,12 +176,28 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         images_reused=extraction.reused,
         seconds={"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
                  "total": time.perf_counter() - started},
+        features={"path": "streamed" if streamed else "in memory", "memory_budget": budget,
+                  "split_bytes": split_bytes,
+                  "baseline": "SGDClassifier(log_loss), partial_fit" if streamed else baseline},
         machine=machine_summary(),
         search=search,
     ).save(run)
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
+
+
+def _in_windows(rows: FeatureRows, idx: np.ndarray, function: Callable[[np.ndarray], np.ndarray],
+                window_bytes: int) -> np.ndarray:
+    """``function`` of the features of the records ``idx``, read and applied a window at a time; in ``idx``'s
+    order (``function`` must treat rows independently, as predictions do)."""
+    out = None
+    for at, X in rows.windows(idx, window_bytes=window_bytes):
+        value = np.asarray(function(X))
+        if out is None:
+            out = np.empty((len(idx), *value.shape[1:]), value.dtype)
+        out[at] = value
+    return np.zeros(0) if out is None else out
 
 
 def _write_test_predictions(path: Path, dataset: Dataset, test_idx: np.ndarray, head_proba: np.ndarray,
