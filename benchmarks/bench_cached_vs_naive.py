@@ -68,7 +68,7 @@ def main() -> None:
     cold_caches: list[Path] = []
 
     def cached(cache_dir: Path) -> float:
-        extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False, log=lambda m: None)
+        extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False)
         parts = split_dataset(extraction.dataset)
         X, y = extraction.features, extraction.dataset.labels
         fitted = head().fit(X[parts["train"]], y[parts["train"]], classes=range(len(extraction.dataset.class_names)),

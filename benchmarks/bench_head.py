@@ -50,7 +50,7 @@ def main() -> None:
     config = ExtractorConfig("mobilenet_v2", alpha=0.35, weights=weights, image_size=128,
                              backbone_size=32 if args.quick else None)
     source = C.small_copy(source, 6) if args.quick else source
-    extraction = extract_dataset(source, config, cache_dir=C.GENERATED / "cache", progress=False, log=lambda m: None)
+    extraction = extract_dataset(source, config, cache_dir=C.GENERATED / "cache", progress=False)
     X, y, n_classes = extraction.features, extraction.dataset.labels, len(extraction.dataset.class_names)
     parts = split_dataset(extraction.dataset)
     train, val, test = ((X[parts[k]], y[parts[k]]) for k in ("train", "val", "test"))

@@ -54,7 +54,7 @@ def main() -> None:
               f"{config.alpha} at {config.backbone_size}, weights {'real' if weights else 'random'}")
 
         def extract(folder: Path, cache: Path):
-            return extract_dataset(folder, config, cache_dir=cache, progress=False, log=lambda m: None)
+            return extract_dataset(folder, config, cache_dir=cache, progress=False)
 
         def cold() -> None:
             shutil.rmtree(work / "cold", ignore_errors=True)

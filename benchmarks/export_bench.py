@@ -63,7 +63,7 @@ def trained_run(quick: bool, work: Path) -> Path:
     print(f"training on {data}: {config.backbone} at {config.image_size} px, weights {config.weights or 'random'}",
           flush=True)
     result = gearfeat.train(data, work / "run", config=config, head=head, cache_dir=C.GENERATED / "export-cache",
-                            progress=False, log=lambda message: None)
+                            progress=False)
     return result.run_dir
 
 
@@ -105,7 +105,7 @@ def main() -> None:
         files, records = {"model.h5": run / "model.h5"}, {}
         for name, fmt, quantize, file in EXPORTS:
             files[name] = Path(tmp) / file
-            records[name] = gearfeat.export(run, files[name], format=fmt, quantize=quantize, log=lambda m: None)
+            records[name] = gearfeat.export(run, files[name], format=fmt, quantize=quantize)
         h5 = next(iter(records.values()))
         records["model.h5"] = {"max_deviation": 0.0, "test_accuracy": h5["h5_test_accuracy"],
                                "check_images": h5["check_images"]}

@@ -90,7 +90,7 @@ def main() -> int:
     common = [*common, "--cache-dir", str(cache_dir), "--seed", str(args.seed), "--no-progress"]
 
     print(f"machine: {machine_summary()}; load average at start {os.getloadavg()}")
-    extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False, log=lambda m: None)
+    extraction = extract_dataset(data, config, cache_dir=cache_dir, progress=False)
     print(f"cache: {extraction.cache_path} ({extraction.computed} images computed now, {extraction.reused} "
           f"reused); every command below reads it")
 

@@ -76,9 +76,8 @@ def verified_rows(cache_dir: Path) -> int | None:
     attrs = cache_attrs()
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(path, FeatureCache.path_for(tmp, attrs))
-        warnings: list[str] = []
-        with FeatureCache.open(tmp, attrs, write=False, log=warnings.append) as cache:
-            return None if warnings else len(cache)
+        with FeatureCache.open(tmp, attrs, write=False) as cache:  # a damaged file is moved aside as .corrupt
+            return None if FeatureCache.path_for(tmp, attrs).with_suffix(".corrupt").exists() else len(cache)
 
 
 def compare_caches(a: Path, b: Path, atol: float = 1e-6) -> list[str]:

@@ -5,11 +5,21 @@ The subpackages follow the data flow: :mod:`~gearfeat.data` (images, datasets, t
 stitched model) and :mod:`~gearfeat.tuning` (many heads at once) -> :mod:`~gearfeat.workflows` (the commands as
 functions) -> :mod:`~gearfeat.outputs` (run folders, metrics, figures, the report). ``gearfeat.cli`` is a thin
 shell over the functions exported here.
+
+Progress and warnings (``cache ...: 40 images computed``, ``epoch 3/20: ...``, ``skipped PATH: reason``) go to
+the standard :mod:`logging` logger ``gearfeat`` (one child per module, e.g. ``gearfeat.features.cache``): INFO
+for progress, WARNING for what needs attention. The library prints nothing by itself (a
+:class:`logging.NullHandler` on ``gearfeat``); to see the messages, configure logging, e.g.
+``logging.basicConfig(level=logging.INFO, format="%(message)s")``. The ``gearfeat`` command prints them to
+stderr.
 """
+import logging
 import os
 
 # TensorFlow's C++ chatter (CUDA probing on CPU hosts); errors still raise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # the library convention: the application decides
 
 from ._version import __version__  # noqa: E402
 from ._internal.startup import import_tensorflow  # noqa: E402

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import signal
 import sys
 import threading
@@ -26,6 +27,26 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def messages_to_stderr() -> Iterator[None]:
+    """Inside the block, the ``gearfeat`` logger's messages (INFO and up) are printed to stderr, each as its bare
+    text on one line: what a command says while it works. The logger's level, handlers and propagation are
+    restored after, so that :func:`main` can run more than once in a process (the tests)."""
+    logger = logging.getLogger("gearfeat")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a handler on the root logger (another library's) would print every line twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 # ------------------------------------------------------------------------------------------ option groups
@@ -173,8 +194,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .features.extractor import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), labels=label_file(args),
                                  cache_dir=args.cache_dir, batch_size=args.batch_size_extract,
-                                 backend=args.backend, address=args.address, progress=not args.no_progress,
-                                 log=_log)
+                                 backend=args.backend, address=args.address, progress=not args.no_progress)
     print(extraction.cache_path)
     return EXIT_SKIPPED if extraction.skipped else EXIT_OK
 
@@ -187,8 +207,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
-                    cache_dir=args.cache_dir, memory_budget=args.memory_budget, progress=not args.no_progress,
-                    log=_log)
+                    cache_dir=args.cache_dir, memory_budget=args.memory_budget, progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -209,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, backend=args.backend,
-                   address=args.address, memory_budget=args.memory_budget, progress=not args.no_progress, log=_log)
+                   address=args.address, memory_budget=args.memory_budget, progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -220,7 +239,7 @@ def cmd_cnn(args: argparse.Namespace) -> int:
     result = train_cnn(args.data_dir, args.out, labels=label_file(args), layers=args.layers, augment=args.augment,
                        image_size=args.image_size, config=fit_config(args),
                        split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
-                       progress=not args.no_progress, log=_log)
+                       progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -228,7 +247,7 @@ def cmd_cnn(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .workflows.finetune import finetune
     result = finetune(args.run_dir, args.out, unfreeze=args.unfreeze, config=fit_config(args),
-                      data_dir=args.data_dir, progress=not args.no_progress, log=_log)
+                      data_dir=args.data_dir, progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -259,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .models.export import export
-    export(args.source, args.out, format=args.format, quantize=args.quantize, log=_log)
+    export(args.source, args.out, format=args.format, quantize=args.quantize)
     print(args.out)
     return EXIT_OK
 
@@ -282,7 +301,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, args.weights, config=extractor_config(args), head=dense_head(args),
                       baseline=args.baseline, baseline_c=args.baseline_c, per_class=args.per_class,
                       n_new=args.new_images, seed=args.seed, cache_dir=args.cache_dir,
-                      progress=not args.no_progress, log=_log)
+                      progress=not args.no_progress)
     metrics = result.train.metrics
     print(f"demo finished in {result.seconds:.0f} s: test accuracy {metrics['test_accuracy']:.4f} (dense head), "
           f"{metrics['baseline_test_accuracy']:.4f} ({metrics['baseline']} baseline)")
@@ -426,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gearfeat`` console command."""
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    with warnings.catch_warnings(), sigterm_interrupts():
+    with warnings.catch_warnings(), sigterm_interrupts(), messages_to_stderr():
         warnings.showwarning = _show_warning
         # an image over Pillow's pixel limit is skipped with its own line (images.decode_image); Pillow's
         # warning about it would be a second line without the file's name

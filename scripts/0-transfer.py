@@ -19,7 +19,8 @@ import sys
 import gearfeat  # noqa: F401  registers the Lambda functions that cifar10.h5 refers to
 from gearfeat.workflows.cifar import (CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs,
                                       train_cifar10)
-from gearfeat.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, sigterm_interrupts, add_head_options, dense_head
+from gearfeat.cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_head_options, dense_head, messages_to_stderr,
+                          sigterm_interrupts)
 from gearfeat._internal.errors import GearfeatError
 from gearfeat.features.extractor import ExtractorConfig
 
@@ -87,14 +88,14 @@ def main(argv=None) -> int:
     or SIGTERM, as for gearfeat's commands)."""
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(), messages_to_stderr():
             config = ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
                                      image_size=IMAGE_SIZE, backbone_size=args.backbone_size)
             result = train_cifar10("cifar10.h5", data=args.data, config=config, head=dense_head(args),
                                    val_fraction=args.val_fraction, seed=args.seed, baseline=args.baseline,
                                    baseline_c=args.baseline_c, cache_dir=args.cache_dir,
                                    batch_size=args.batch_size_extract, plots=args.plots,
-                                   progress=not args.no_progress, log=_log)
+                                   progress=not args.no_progress)
     except GearfeatError as exc:
         _log(f"0-transfer.py: error: {exc}")
         return EXIT_ERROR

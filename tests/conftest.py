@@ -1,10 +1,12 @@
 """Shared fixtures: small generated image folders and a tiny random-weight backbone."""
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,3 +48,11 @@ def shapes_copy(shapes_dir, tmp_path) -> Path:
     """A private, modifiable copy of the shapes dataset."""
     import shutil
     return Path(shutil.copytree(shapes_dir, tmp_path / "data"))
+
+
+@pytest.fixture
+def logged(caplog) -> Callable[[], list[str]]:
+    """``logged()``: the messages of gearfeat's loggers (INFO and up) since the test began or ``caplog.clear()``,
+    in order: what ``gearfeat`` commands print to stderr."""
+    caplog.set_level(logging.INFO, logger="gearfeat")
+    return lambda: [r.getMessage() for r in caplog.records if r.name.split(".")[0] == "gearfeat"]

@@ -155,7 +155,7 @@ def test_a_registered_backbone_is_listed_and_trains_end_to_end(registry, shapes_
     assert main(["backbones"]) == 0 and "tiny_net" in capsys.readouterr().out
     result = gearfeat.train(shapes_dir, tmp_path / "run", config=tiny_config(backbone="tiny_net", alpha=None),
                             head=gearfeat.DenseHead(hidden=(8,), epochs=2), cache_dir=tmp_path / "cache",
-                            progress=False, log=lambda m: None)
+                            progress=False)
     assert result.extraction.features.shape[1] == 8
     assert (tmp_path / "run" / "model.h5").is_file()
 

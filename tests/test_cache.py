@@ -64,23 +64,22 @@ def test_rows_past_the_committed_count_are_ignored(tmp_path):
         np.testing.assert_array_equal(cache.read(hashes), feats)
 
 
-def test_a_cache_killed_before_its_first_commit_is_empty_not_damaged(tmp_path):
+def test_a_cache_killed_before_its_first_commit_is_empty_not_damaged(tmp_path, logged):
     hashes, feats = _rows(4)
     with FeatureCache.open(tmp_path, ATTRS) as cache:
         cache.append(hashes, feats, ["p"] * 4, ["a"] * 4)
     path = FeatureCache.path_for(tmp_path, ATTRS)
     with h5py.File(path, "a") as f:  # rows written, the counter not yet
         f.attrs["n_rows"] = 0
-    messages = []
-    with FeatureCache.open(tmp_path, ATTRS, log=messages.append) as cache:
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
         assert len(cache) == 0 and hashes[0] not in cache
         cache.append(hashes, feats, ["p"] * 4, ["a"] * 4)
         np.testing.assert_array_equal(cache.read(hashes), feats)
-    assert messages == [] and not list(tmp_path.glob("*.corrupt"))  # no false "failed verification"
+    assert logged() == [] and not list(tmp_path.glob("*.corrupt"))  # no false "failed verification"
 
 
 @pytest.mark.parametrize("damage", ["flip_feature", "truncate", "garbage"])
-def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys):
+def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys, logged):
     hashes, feats = _rows(300, dim=8)
     with FeatureCache.open(tmp_path, ATTRS) as cache:
         cache.append(hashes, feats, ["p"] * 300, ["a"] * 300)
@@ -92,17 +91,16 @@ def test_corrupt_file_is_detected_and_rebuilt(tmp_path, damage, capsys):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         path.write_bytes(b"not an hdf5 file at all")
-    messages = []
-    with FeatureCache.open(tmp_path, ATTRS, log=messages.append) as cache:
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
         if damage == "flip_feature":  # opening reads no feature: the row is found when read, before it is returned
-            assert len(cache) == 300 and messages == []
+            assert len(cache) == 300 and logged() == []
             with pytest.raises(CacheCorrupt, match="checksum mismatch at row 17"):
                 cache.read(hashes[10:20])
             assert not cache.verify()  # what extract runs over its rows: moves the file aside
         elif len(cache):  # a truncated file can keep its keys readable: its features are not
             assert not cache.verify()
         assert len(cache) == 0
-    assert len(messages) == 1 and "failed verification" in messages[0] and "rebuilding" in messages[0]
+    assert len(logged()) == 1 and "failed verification" in logged()[0] and "rebuilding" in logged()[0]
     assert path.with_suffix(".corrupt").exists()
 
 
@@ -156,7 +154,7 @@ def test_settings_mismatch_inside_file_is_never_reused(tmp_path):
     path = FeatureCache.path_for(tmp_path, ATTRS)
     with h5py.File(path, "a") as f:  # e.g. a file written by an older preprocessing version, renamed
         f.attrs["settings"] = json.dumps({**ATTRS, "preprocessing": "tf/v0"}, sort_keys=True)
-    with FeatureCache.open(tmp_path, ATTRS, log=lambda m: None) as cache:
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
         assert len(cache) == 0
 
 
@@ -166,14 +164,13 @@ def _hold_lock(cache_dir, seconds, started):
         time.sleep(seconds)
 
 
-def test_writers_are_serialized_across_processes(tmp_path):
+def test_writers_are_serialized_across_processes(tmp_path, logged):
     started = multiprocessing.get_context("spawn").Event()
     holder = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(tmp_path, 1.5, started))
     holder.start()
     assert started.wait(60)
-    messages = []
     t0 = time.perf_counter()
-    with FeatureCache.open(tmp_path, ATTRS, log=messages.append):
+    with FeatureCache.open(tmp_path, ATTRS):
         waited = time.perf_counter() - t0
     holder.join()
-    assert waited > 0.5 and messages and "waiting for another gearfeat process" in messages[0]
+    assert waited > 0.5 and logged() and "waiting for another gearfeat process" in logged()[0]

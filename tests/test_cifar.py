@@ -251,7 +251,7 @@ def test_rerun_reuses_every_cached_feature_and_trains_only_the_head(trained, cif
     monkeypatch.setattr(extractor_module.FeatureExtractor, "features_of", backbone_must_not_run)
     config = tiny_config(backbone="resnet50", alpha=None, backbone_size=48)  # the script run's settings
     run = dict(data=cifar[0], cache_dir=cwd / "cache", config=config, head=DenseHead(hidden=(32,), epochs=1),
-               progress=False, log=lambda message: None)
+               progress=False)
     with monkeypatch.context() as strict:  # a saved file that fails its reload check is never left behind
         strict.setattr(cifar_module, "RELOAD_TOLERANCE", -1.0)
         with pytest.raises(GearfeatError, match=r"again.h5 not written: the saved model, reloaded, differs"):

@@ -26,7 +26,7 @@ QUIET = ["--image-size", "32", "--layers", SMALL, "--no-progress"]
 def run(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cnn") / "run"
     return train_cnn(shapes_dir, out, layers=SMALL, image_size=32, config=FitConfig(epochs=3, patience=5),
-                     split=SplitConfig(seed=1), progress=False, log=lambda m: None)
+                     split=SplitConfig(seed=1), progress=False)
 
 
 def test_run_folder_has_every_artifact_well_formed(run):
@@ -66,7 +66,7 @@ def test_saved_model_is_the_best_epoch_and_classifies_raw_images(run, shapes_dir
     model = load_model(run.run_dir / "model.h5")  # safe mode
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"RandomFlip", "RandomRotation", "RandomZoom", "Rescaling"} <= kinds
-    data = load_split(shapes_dir, SplitConfig(seed=1), 32, progress=False, log=lambda m: None)
+    data = load_split(shapes_dir, SplitConfig(seed=1), 32, progress=False)
     images, labels = data.arrays("val")
     loss, _ = model.evaluate(images.astype(np.float32), labels, verbose=0)
     assert loss == pytest.approx(min(history["val_loss"]), rel=1e-4)
@@ -201,4 +201,4 @@ def test_cli_cnn_errors_are_one_line(shapes_dir, tmp_path, capsys):
 def test_a_split_without_validation_images_is_refused(shapes_dir, tmp_path):
     with pytest.raises(GearfeatError, match="--val-fraction is 0.0: training needs val images"):
         train_cnn(shapes_dir, tmp_path / "run", layers=SMALL, image_size=32,
-                  split=SplitConfig(val_fraction=0.0), progress=False, log=lambda m: None)
+                  split=SplitConfig(val_fraction=0.0), progress=False)

@@ -21,7 +21,7 @@ TINY = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--per-class", "8", "--
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     return run_demo(out, None, config=tiny_config(), head=DenseHead(hidden=(16,), epochs=2), per_class=8,
-                    n_new=6, log=lambda m: None, progress=False)
+                    n_new=6, progress=False)
 
 
 def test_demo_writes_every_artifact(demo):
@@ -81,7 +81,7 @@ def test_demo_refuses_a_folder_with_files_it_did_not_draw(tmp_path):
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"mine")
     with pytest.raises(GearfeatError, match="did not draw.*circle/holiday.jpg"):
-        run_demo(tmp_path / "demo", None, config=tiny_config(), per_class=4, log=lambda m: None)
+        run_demo(tmp_path / "demo", None, config=tiny_config(), per_class=4)
     assert mine.read_bytes() == b"mine"
 
 

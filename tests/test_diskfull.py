@@ -68,7 +68,7 @@ def small_disk(tmp_path):
 
 def fill(cache_dir: Path) -> tuple[int, str]:
     """Append batches until the cache refuses one; (batches committed, the error)."""
-    with FeatureCache.open(cache_dir, ATTRS, log=lambda m: None) as cache:
+    with FeatureCache.open(cache_dir, ATTRS) as cache:
         for b in range(100):
             try:
                 cache.append(*batch(b))
@@ -152,7 +152,7 @@ def test_extract_on_a_full_disk_exits_1_with_one_line_and_the_rerun_matches_a_cl
 
 def test_a_full_disk_mid_write_leaves_no_half_written_run_file(tmp_path):
     """Simulated for JSON and joblib: the earlier whole file stays, no temporary file is left."""
-    run = RunDir(tmp_path / "run", create=True, log=lambda m: None)
+    run = RunDir(tmp_path / "run", create=True)
     run.write_json("metrics.json", {"accuracy": 1.0})
     run.save_joblib({"a": 1}, "baseline.joblib")
     real_dump = joblib.dump

@@ -62,20 +62,19 @@ def _assert_same_cache(cluster_cache, local_cache) -> None:
     assert np.array_equal(got["digest"], row_digest(got["features"]))  # the cache verifies on opening
 
 
-def test_cluster_extraction_equals_one_process(cluster, shapes_copy, tmp_path, small_shards):
+def test_cluster_extraction_equals_one_process(cluster, shapes_copy, tmp_path, small_shards, logged):
     (shapes_copy / "circle" / "broken.png").write_bytes(b"not a png")
     config = tiny_config()
-    local = extract_dataset(shapes_copy, config, cache_dir=tmp_path / "local", progress=False, log=lambda m: None)
-    lines = []
+    local = extract_dataset(shapes_copy, config, cache_dir=tmp_path / "local", progress=False)
     remote = extract_dataset(shapes_copy, config, cache_dir=tmp_path / "cluster", progress=False,
-                             backend="dask", address=cluster.scheduler_address, log=lines.append)
+                             backend="dask", address=cluster.scheduler_address)
     _assert_same_cache(remote.cache_path, local.cache_path)
     assert remote.computed == local.computed == 60
     np.testing.assert_allclose(remote.features, local.features, atol=1e-5, rtol=0)
     assert [(s.path, s.reason) for s in remote.skipped] == [(s.path, s.reason) for s in local.skipped]
-    assert any(line.startswith(f"skipped {shapes_copy / 'circle' / 'broken.png'}: ") for line in lines)
+    assert any(line.startswith(f"skipped {shapes_copy / 'circle' / 'broken.png'}: ") for line in logged())
     again = extract_dataset(shapes_copy, config, cache_dir=tmp_path / "cluster", progress=False,
-                            backend="dask", address=cluster.scheduler_address, log=lambda m: None)
+                            backend="dask", address=cluster.scheduler_address)
     assert (again.computed, again.reused) == (0, 60)  # nothing sent: everything was cached
 
 
@@ -138,7 +137,7 @@ def test_ctrl_c_keeps_the_shards_that_finished(cluster, shapes_dir, tmp_path, sm
 
     monkeypatch.setattr(dist, "Progress", Interrupted)
     options = dict(cache_dir=tmp_path / "cluster", progress=False, backend="dask",
-                   address=cluster.scheduler_address, log=lambda m: None)
+                   address=cluster.scheduler_address)
     with pytest.raises(KeyboardInterrupt):
         extract_dataset(shapes_dir, config, **options)
     with FeatureCache.open(tmp_path / "cluster", config.cache_attrs(), write=False) as cache:
@@ -147,7 +146,7 @@ def test_ctrl_c_keeps_the_shards_that_finished(cluster, shapes_dir, tmp_path, sm
     monkeypatch.setattr(dist, "Progress", Interrupted.__mro__[1])
     resumed = extract_dataset(shapes_dir, config, **options)
     assert (resumed.computed, resumed.reused) == (60 - kept, kept)
-    local = extract_dataset(shapes_dir, config, cache_dir=tmp_path / "local", progress=False, log=lambda m: None)
+    local = extract_dataset(shapes_dir, config, cache_dir=tmp_path / "local", progress=False)
     np.testing.assert_allclose(resumed.features, local.features, atol=1e-5, rtol=0)
 
 
@@ -161,7 +160,7 @@ def _slow_images() -> None:
 def test_a_worker_killed_mid_shard_has_its_shard_rerun_and_the_cache_stays_valid(cluster, shapes_dir, tmp_path,
                                                                                 small_shards):
     config = tiny_config()
-    local = extract_dataset(shapes_dir, config, cache_dir=tmp_path / "local", progress=False, log=lambda m: None)
+    local = extract_dataset(shapes_dir, config, cache_dir=tmp_path / "local", progress=False)
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
         client.run(_slow_images)
         pids = client.run(os.getpid)
@@ -170,8 +169,7 @@ def test_a_worker_killed_mid_shard_has_its_shard_rerun_and_the_cache_stays_valid
         def run() -> None:
             try:
                 result.append(extract_dataset(shapes_dir, config, cache_dir=tmp_path / "cluster", progress=False,
-                                              backend="dask", address=cluster.scheduler_address,
-                                              log=lambda m: None))
+                                              backend="dask", address=cluster.scheduler_address))
             except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
                 errors.append(exc)
 

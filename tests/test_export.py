@@ -27,7 +27,7 @@ def run_dir(shapes_dir, tmp_path_factory):
     x = keras.layers.Lambda(preprocess_images, arguments={"mode": "tf"}, name="preprocess")(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(x))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-    run = RunDir(tmp_path_factory.mktemp("run") / "run", create=True, log=lambda m: None)
+    run = RunDir(tmp_path_factory.mktemp("run") / "run", create=True)
     save_model(model, run / "model.h5", ["circle", "square", "triangle"])
     run.record("model.h5")
     cnn_record(shapes_dir, split=asdict(SplitConfig())).save(run)
@@ -38,7 +38,7 @@ def run_dir(shapes_dir, tmp_path_factory):
 def exports(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports")
     paths = {"savedmodel": out / "sm", "tflite": out / "m.tflite", "keras": out / "m.keras"}
-    records = {fmt: export(run_dir, path, format=fmt, log=lambda m: None) for fmt, path in paths.items()}
+    records = {fmt: export(run_dir, path, format=fmt) for fmt, path in paths.items()}
     return paths, records
 
 
@@ -73,7 +73,7 @@ def test_a_bare_h5_is_checked_on_generated_images_and_quantized_tflite_reports(r
     bare = tmp_path / "bare" / "model.h5"
     bare.parent.mkdir()
     bare.write_bytes((run_dir / "model.h5").read_bytes())
-    record = export(bare, tmp_path / "b.keras", format="keras", log=lambda m: None)
+    record = export(bare, tmp_path / "b.keras", format="keras")
     assert record["check_images"] == "32 generated images" and "test_accuracy" not in record
 
 
@@ -113,7 +113,7 @@ def test_a_run_from_a_label_file_is_checked_on_its_test_images(run_dir, shapes_d
     info.update(data_dir=str(flat), labels={"path": str(tmp_path / "labels.csv"), "path_column": None,
                                             "label_column": None})
     (run / "run.json").write_text(json.dumps(info))
-    record = export(run, tmp_path / "m.keras", format="keras", log=lambda m: None)
+    record = export(run, tmp_path / "m.keras", format="keras")
     assert record["check_images"] == "9 test images of the run" and 0 <= record["test_accuracy"] <= 1
 
 

@@ -27,14 +27,13 @@ FIT = FitConfig(learning_rate=1e-3, epochs=2, patience=2, reduce_lr_patience=Non
 def transfer(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("transfer")
     return train(shapes_dir, out / "run", config=tiny_config(), head=DenseHead(hidden=(16,), epochs=3),
-                 split=SplitConfig(seed=2), cache_dir=out / "cache", progress=False,
-                 log=lambda m: None).run_dir
+                 split=SplitConfig(seed=2), cache_dir=out / "cache", progress=False).run_dir
 
 
 @pytest.fixture(scope="module")
 def tuned(transfer, tmp_path_factory):
     return finetune(transfer, tmp_path_factory.mktemp("finetune") / "run", unfreeze=UNFREEZE, config=FIT,
-                    progress=False, log=lambda m: None)
+                    progress=False)
 
 
 def _top_bn(model, n):
@@ -120,9 +119,9 @@ def test_cli_finetune_and_its_errors(transfer, tmp_path, capsys):
 def test_finetune_refuses_a_model_without_a_backbone(shapes_dir, tmp_path):
     from gearfeat.workflows.cnn import train_cnn
     cnn = train_cnn(shapes_dir, tmp_path / "cnn", layers="conv:4,gap", augment="none", image_size=32,
-                    config=FitConfig(epochs=1), progress=False, log=lambda m: None)
+                    config=FitConfig(epochs=1), progress=False)
     with pytest.raises(GearfeatError, match="is a `gearfeat cnn` run; finetune starts from a `gearfeat"):
-        finetune(cnn.run_dir, tmp_path / "out", unfreeze=1, config=FIT, progress=False, log=lambda m: None)
+        finetune(cnn.run_dir, tmp_path / "out", unfreeze=1, config=FIT, progress=False)
     with pytest.raises(GearfeatError, match="has no nested 'backbone' layer"):
         backbone_layers(load_model(cnn.run_dir / "model.h5"))
 
@@ -170,17 +169,16 @@ def test_data_with_other_classes_than_the_run_is_one_clear_error(transfer, shape
 def test_a_model_with_another_number_of_outputs_than_the_run_classes_is_refused(transfer, tmp_path):
     source = _doctored_run(transfer, tmp_path, ["circle", "square", "star", "triangle"])
     with pytest.raises(GearfeatError, match=r"model.h5 has 3 outputs but its run.json records 4 classes; "):
-        finetune(source, tmp_path / "out", unfreeze=3, config=FIT, progress=False, log=lambda m: None)
+        finetune(source, tmp_path / "out", unfreeze=3, config=FIT, progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_finetune_starts_from_a_search_run(transfer, shapes_dir, tmp_path):
     searched = search(shapes_dir, tmp_path / "search", space={"hidden": [[8]], "epochs": [3]}, n_trials=None,
                       jobs=1, config=tiny_config(), split=SplitConfig(seed=2),
-                      cache_dir=transfer.parent / "cache", progress=False, log=lambda m: None).run_dir
+                      cache_dir=transfer.parent / "cache", progress=False).run_dir
     assert json.loads((searched / "run.json").read_text())["command"] == "search"
-    tuned = finetune(searched, tmp_path / "out", unfreeze=3, config=FitConfig(epochs=1), progress=False,
-                     log=lambda m: None)
+    tuned = finetune(searched, tmp_path / "out", unfreeze=3, config=FitConfig(epochs=1), progress=False)
     metrics = json.loads((tuned.run_dir / "metrics.json").read_text())
     assert metrics["head_only_test_accuracy"] == pytest.approx(
         json.loads((searched / "metrics.json").read_text())["test_accuracy"])

@@ -317,7 +317,7 @@ def test_damaged_or_outdated_cache_is_rebuilt_with_one_warning(soak_data, tmp_pa
     assert soak.compare_caches(reference, target) == []
 
 
-def test_file_a_kill_left_unwritable_keeps_its_rows(tmp_path):
+def test_file_a_kill_left_unwritable_keeps_its_rows(tmp_path, logged):
     """A real cache file left by SIGKILLing a process in the middle of an append (HDF5 1.14): it reads and
     verifies, but HDF5 refuses the next write. The cache copies its committed rows to a fresh file."""
     attrs = {"backbone": "x"}
@@ -325,16 +325,15 @@ def test_file_a_kill_left_unwritable_keeps_its_rows(tmp_path):
     path.write_bytes(gzip.decompress((ROOT / "tests" / "data" / "cache_killed_mid_write.h5.gz").read_bytes()))
     with h5py.File(path, "r") as f:
         before = {key: f[key][:56] for key in ("features", "sha256", "path", "label")}
-    messages = []
-    with FeatureCache.open(tmp_path, attrs, log=messages.append) as cache:
-        assert len(cache) == 56 and messages == []  # it verifies
+    with FeatureCache.open(tmp_path, attrs) as cache:
+        assert len(cache) == 56 and logged() == []  # it verifies
         with pytest.raises(OSError):  # ... but a plain HDF5 write fails
             cache._write(path, 56, {key: np.zeros((1, 4), np.float32) if key == "features" else [b"x"]
                                     for key in ("features", "sha256", "digest", "path", "label")})
         cache.append(["e" * 64], np.ones((1, 4), np.float32), ["new.png"], ["a"])
-    assert len(messages) == 1 and "copied its 56 committed rows to a fresh file" in messages[0]
-    with FeatureCache.open(tmp_path, attrs, write=False, log=messages.append) as cache:
-        assert len(cache) == 57 and len(messages) == 1
+    assert len(logged()) == 1 and "copied its 56 committed rows to a fresh file" in logged()[0]
+    with FeatureCache.open(tmp_path, attrs, write=False) as cache:
+        assert len(cache) == 57 and len(logged()) == 1
         np.testing.assert_array_equal(cache.read([h.decode() for h in before["sha256"]]), before["features"])
     with h5py.File(path, "r") as f:
         assert all(np.array_equal(f[key][:56], value) for key, value in before.items())
@@ -423,32 +422,31 @@ def test_a_run_folder_is_checked_at_once_and_made_at_the_first_write(tmp_path, m
         RunDir(tmp_path / "c", create=True)
 
 
-def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_path):
-    earlier = RunDir(tmp_path / "run", create=True, log=lambda m: None)
+def test_a_new_run_replaces_the_earlier_run_in_its_folder_once_it_writes(tmp_path, logged):
+    earlier = RunDir(tmp_path / "run", create=True)
     earlier.write_json("run.json", {"command": "search"})
     earlier.write_json("trials.json", [1, 2])
     (tmp_path / "outside.txt").write_text("keep")
     manifest = earlier.manifest()
     (earlier.path / "manifest.json").write_text(json.dumps({**manifest, "../outside.txt": "x"}))
     (earlier.path / "notes.txt").write_text("the user's own file")
-    messages = []
-    run = RunDir(earlier.path, create=True, log=messages.append)
-    assert (earlier.path / "trials.json").exists() and messages == []  # nothing goes before the first write
+    run = RunDir(earlier.path, create=True)
+    assert (earlier.path / "trials.json").exists() and logged() == []  # nothing goes before the first write
     run.write_json("metrics.json", {"test_accuracy": 1.0})
     assert sorted(p.name for p in earlier.path.iterdir()) == ["manifest.json", "metrics.json", "notes.txt"]
     assert run.manifest() == {"metrics.json": run.manifest()["metrics.json"]}  # no stale entries
     assert (tmp_path / "outside.txt").read_text() == "keep"  # only names in the folder itself are removed
-    assert messages == [f"{earlier.path}: replaced the earlier gearfeat search run in it"]
+    assert logged() == [f"{earlier.path}: replaced the earlier gearfeat search run in it"]
     run.write_json("history.json", {})
-    assert len(messages) == 1 and (earlier.path / "metrics.json").exists()  # cleared once, not at every write
-    again = RunDir(earlier.path, create=True, log=messages.append)
+    assert len(logged()) == 1 and (earlier.path / "metrics.json").exists()  # cleared once, not at every write
+    again = RunDir(earlier.path, create=True)
     (earlier.path / "metrics.json").write_text("{}")  # written directly, then recorded: kept
     again.record("metrics.json")
     assert sorted(again.manifest()) == ["metrics.json"] and not (earlier.path / "history.json").exists()
     (earlier.path / "manifest.json").write_text("[not, json")
     assert RunDir(earlier.path, create=True).manifest() == {}  # a damaged manifest is no earlier run
     (earlier.path / "manifest.json").write_text('["notes.txt"]')  # JSON, but not a manifest: no earlier run
-    edited = RunDir(earlier.path, create=True, log=messages.append)
+    edited = RunDir(earlier.path, create=True)
     assert edited.manifest() == {}
     edited.write_json("run.json", {})
     assert (earlier.path / "notes.txt").read_text() == "the user's own file"

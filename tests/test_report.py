@@ -25,7 +25,7 @@ ACCURACY_KEY = {"Scikit-learn baseline": "baseline_test_accuracy", "Dense head":
 def transfer(shapes_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
     return train(shapes_dir, out / "transfer", config=tiny_config(), head=DenseHead(hidden=(16,), epochs=3),
-                 split=SplitConfig(seed=2), cache_dir=out / "cache", progress=False, log=lambda m: None).run_dir
+                 split=SplitConfig(seed=2), cache_dir=out / "cache", progress=False).run_dir
 
 
 def _fake_run(source: Path, folder: Path, command: str, accuracy: float, **metrics) -> Path:

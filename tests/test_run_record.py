@@ -33,7 +33,7 @@ FINETUNE_V1 = {  # a `gearfeat finetune` run.json before format_version: the ima
 
 def folder_with(tmp_path, payload, name="run"):
     """A run folder whose run.json holds ``payload`` (bytes are written as they are)."""
-    run = RunDir(tmp_path / name, create=True, log=lambda m: None)
+    run = RunDir(tmp_path / name, create=True)
     if isinstance(payload, bytes):
         (run / RUN_FILE).write_bytes(payload)
         run.record(RUN_FILE)

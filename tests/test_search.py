@@ -25,7 +25,7 @@ from conftest import tiny_config
 TINY_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none", "--image-size", "32",
              "--backbone-size", "32", "--no-progress"]
 FAST = {"hidden": [[8], []], "epochs": [3], "learning_rate": [1e-2, 1e-3], "baseline": ["logreg"]}
-quiet = dict(progress=False, log=lambda message: None)
+quiet = dict(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +185,12 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ trials
-def test_trials_are_deterministic_and_ranked(blobs):
+def test_trials_are_deterministic_and_ranked(blobs, logged):
     configurations = SearchSpace(FAST).configurations()
-    messages = []
-    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, progress=False, log=messages.append)
+    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, progress=False)
     again = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
     assert _results(first) == _results(again)
-    assert re.fullmatch(r"search: 5 trials on 2 loky workers, \d+ TensorFlow threads? each", messages[0])
+    assert re.fullmatch(r"search: 5 trials on 2 loky workers, \d+ TensorFlow threads? each", logged()[0])
     assert [r["params"] for r in first] == configurations
     assert {r["model"] for r in first} == {"dense", "logreg"}
     dense = [r for r in first if r["model"] == "dense"]
@@ -235,14 +234,13 @@ def test_backend_errors_are_one_line(blobs, monkeypatch):
         run_trials([{}], *blobs, backend="dask", address="tcp://127.0.0.1:8786", **quiet)
 
 
-def test_dask_backend_on_a_local_cluster(blobs):
+def test_dask_backend_on_a_local_cluster(blobs, logged):
     distributed = pytest.importorskip("distributed")
     configurations = SearchSpace(FAST).configurations()
     with pytest.raises(GearfeatError, match="--backend dask needs --address"):
         run_trials(configurations, *blobs, backend="dask", **quiet)
-    messages = []
-    local = run_trials(configurations, *blobs, jobs=1, progress=False, log=messages.append)
-    assert messages == ["search: 5 trials in this process (4 heads in 2 stacks, 1 baseline beside)"]
+    local = run_trials(configurations, *blobs, jobs=1, progress=False)
+    assert logged() == ["search: 5 trials in this process (4 heads in 2 stacks, 1 baseline beside)"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
@@ -275,13 +273,13 @@ def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkey
                         lambda self, calls: waves.append(len(calls)) or call(self, calls))
     updates = []
     monkeypatch.setattr(trials_module.Progress, "update", lambda self, n=1: updates.append(n))
-    rows = run_trials(configurations, *blobs, jobs=1, backend="threading", log=lambda message: None)
+    rows = run_trials(configurations, *blobs, jobs=1, backend="threading")
     # 2 stacks and 1 baseline in waves of twice the workers; the bar moves trial by trial
     assert waves == [2, 1] and len(updates) == 5
     _assert_same_trials(rows, local, configurations)
 
 
-def test_no_more_workers_than_trials(blobs, monkeypatch):
+def test_no_more_workers_than_trials(blobs, monkeypatch, logged):
     workers, parallel = [], trials_module.joblib.Parallel
 
     class Recording(parallel):
@@ -290,18 +288,16 @@ def test_no_more_workers_than_trials(blobs, monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(trials_module.joblib, "Parallel", Recording)
-    messages = []
-    run_trials([{}, {"hidden": []}], *blobs, jobs=8, backend="threading", progress=False, log=messages.append)
-    assert workers == [2] and messages == ["search: 2 trials on 2 threading workers"]
+    run_trials([{}, {"hidden": []}], *blobs, jobs=8, backend="threading", progress=False)
+    assert workers == [2] and logged() == ["search: 2 trials on 2 threading workers"]
 
 
-def test_a_stack_split_by_the_memory_budget_gives_the_same_trials(blobs):
+def test_a_stack_split_by_the_memory_budget_gives_the_same_trials(blobs, logged):
     from gearfeat.tuning.trials import STACK_BUDGET
     configurations = SearchSpace({**FAST, "learning_rate": [1e-2, 3e-3, 1e-3], "dropout": [0.0, 0.3]}).configurations()
-    messages = []
-    whole = run_trials(configurations, *blobs, seed=3, progress=False, log=messages.append)
-    split = run_trials(configurations, *blobs, seed=3, budget=1, progress=False, log=messages.append)
-    assert messages == ["search: 13 trials in this process (12 heads in 2 stacks, 1 baseline beside)",
+    whole = run_trials(configurations, *blobs, seed=3, progress=False)
+    split = run_trials(configurations, *blobs, seed=3, budget=1, progress=False)
+    assert logged() == ["search: 13 trials in this process (12 heads in 2 stacks, 1 baseline beside)",
                         "search: 13 trials in this process (12 heads in 12 stacks, 1 baseline beside)"]
     for a, b in zip(whole, split):  # each head alone in its stack: the same trial, to float rounding
         assert a["params"] == b["params"] and a["val_accuracy"] == b["val_accuracy"]
@@ -338,8 +334,7 @@ def searched(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     space = {"hidden": [[16], []], "epochs": [2], "baseline": ["logreg", "svc"]}
     spy = {"head_test": 0, "baseline_test": 0, "head_fit": 0, "trial_inputs": []}
-    extraction = extract_dataset(shapes_dir, tiny_config(), cache_dir=out / "cache", progress=False,
-                                 log=lambda m: None)
+    extraction = extract_dataset(shapes_dir, tiny_config(), cache_dir=out / "cache", progress=False)
     parts = split_dataset(extraction.dataset, seed=2)
     X, spy["labels"] = extraction.features, extraction.dataset.labels
     with pytest.MonkeyPatch.context() as mp:
@@ -403,22 +398,19 @@ def test_search_writes_a_train_run_plus_the_trials(searched):
     assert set(json.loads((folder / "manifest.json").read_text())) >= {"trials.csv", "search.png", "model.h5"}
 
 
-def test_a_search_without_baseline_trials_says_its_baseline_is_the_default(searched, shapes_dir, tmp_path):
+def test_a_search_without_baseline_trials_says_its_baseline_is_the_default(searched, shapes_dir, tmp_path, logged):
     cache = searched[0].run_dir.parent / "cache"  # the features of the searched fixture, reused
-    lines = []
     result = search(shapes_dir, tmp_path / "run", space={"hidden": [[]], "epochs": [1]}, jobs=1,
-                    config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False,
-                    log=lines.append)
+                    config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False)
     assert {t["model"] for t in result.trials} == {"dense"} and result.metrics["baseline"] == "logreg"
     board = (result.run_dir / "leaderboard.md").read_text()
     assert "`baseline.joblib` the baseline, default settings, not searched: logreg, C=1 (test accuracy" in board
     assert "best baseline" not in board and "the best of 1 dense head configuration tried" in board
-    assert any(line.endswith("; baseline: default settings, not searched: logreg, C=1") for line in lines)
+    assert any(line.endswith("; baseline: default settings, not searched: logreg, C=1") for line in logged())
     run = json.loads((result.run_dir / "run.json").read_text())["search"]
     assert (run["head_trials"], run["baseline_trials"], run["best_baseline_trial"]) == (1, 0, None)
     again = search(shapes_dir, tmp_path / "all", space={"hidden": [[], [4]], "epochs": [1]}, n_trials="all", jobs=1,
-                   config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False,
-                   log=lambda m: None)
+                   config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, progress=False)
     assert len(again.trials) == 2  # "all" as on the command line: the whole grid
 
 

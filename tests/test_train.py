@@ -28,7 +28,7 @@ TINY_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "none
 def run(shapes_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     result = train(shapes_dir, out / "run", config=tiny_config(), head=DenseHead(hidden=(32,), epochs=4),
-                   split=SplitConfig(seed=1), cache_dir=out / "cache", progress=False, log=lambda m: None)
+                   split=SplitConfig(seed=1), cache_dir=out / "cache", progress=False)
     return result
 
 
@@ -60,12 +60,11 @@ def test_stitched_model_equals_head_on_cached_features(run):
     assert run.metrics["stitched_vs_head_max_abs_diff"] <= 1e-5
 
 
-def test_a_stitched_model_that_differs_from_the_head_is_reported(shapes_dir, tmp_path, monkeypatch):
+def test_a_stitched_model_that_differs_from_the_head_is_reported(shapes_dir, tmp_path, monkeypatch, logged):
     monkeypatch.setattr(transfer, "max_abs_difference", lambda a, b: 0.25)
-    lines = []
     result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(), epochs=1),
-                   cache_dir=tmp_path / "cache", progress=False, log=lines.append)
-    warning = [line for line in lines if line.startswith("warning: model.h5 does not reproduce the head")]
+                   cache_dir=tmp_path / "cache", progress=False)
+    warning = [line for line in logged() if line.startswith("warning: model.h5 does not reproduce the head")]
     assert len(warning) == 1 and "differ by 0.25, tolerance 0.0001" in warning[0] and "delete it" in warning[0]
     assert result.metrics["stitched_vs_head_max_abs_diff"] == 0.25
 
@@ -205,7 +204,7 @@ def test_python_lambda_model_is_refused_and_its_code_never_runs(tmp_path, capsys
 
 def test_python_api_has_the_cli_names(run, shapes_dir, tmp_path):
     import gearfeat
-    extraction = gearfeat.extract(shapes_dir, tiny_config(), cache_dir=tmp_path, progress=False, log=lambda m: None)
+    extraction = gearfeat.extract(shapes_dir, tiny_config(), cache_dir=tmp_path, progress=False)
     assert extraction.features.shape == (60, 1280)
     image = next((shapes_dir / "circle").iterdir())
     [prediction] = gearfeat.predict(run.run_dir / "model.h5", [image])
@@ -232,7 +231,7 @@ def test_a_head_seed_other_than_the_runs_is_replaced_with_a_warning(shapes_dir, 
         warnings.simplefilter("always", UserWarning)
         mine = DenseHead(hidden=(), epochs=1, seed=7)
         result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=mine,
-                       split=SplitConfig(seed=2), cache_dir=tmp_path / "cache", progress=False, log=lambda m: None)
+                       split=SplitConfig(seed=2), cache_dir=tmp_path / "cache", progress=False)
     [warning] = [w for w in caught if w.category is UserWarning]
     assert str(warning.message) == ("the head's seed 7 is replaced by the run's seed 2 (SplitConfig.seed seeds "
                                     "the split and the training)")

@@ -74,12 +74,10 @@ def test_streamed_head_and_baseline_learn_separable_classes(view):
     assert base.score(X[val], y[val]) > 0.95
 
 
-def test_train_over_budget_streams_from_the_cache(shapes_dir, tmp_path):
-    lines = []
+def test_train_over_budget_streams_from_the_cache(shapes_dir, tmp_path, logged):
     result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(32,), epochs=4),
-                   split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", memory_budget="10kB", progress=False,
-                   log=lines.append)
-    assert any(line.startswith("features: streamed from the cache, budget 10.0 kB (") for line in lines), lines
+                   split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", memory_budget="10kB", progress=False)
+    assert any(line.startswith("features: streamed from the cache, budget 10.0 kB (") for line in logged()), logged()
     record = json.loads((result.run_dir / "run.json").read_text())["features"]
     assert record["path"] == "streamed" and record["memory_budget"] == 10_000 and record["split_bytes"] > 10_000
     assert record["baseline"].startswith("SGDClassifier")
@@ -87,10 +85,9 @@ def test_train_over_budget_streams_from_the_cache(shapes_dir, tmp_path):
     history = json.loads((result.run_dir / "history.json").read_text())
     assert len(history["loss"]) == 4 and all(np.isfinite(history["val_loss"]))
     assert 0 <= result.metrics["test_accuracy"] <= 1 and result.metrics["stitched_vs_head_max_abs_diff"] <= 1e-4
-    again = []
     train(shapes_dir, tmp_path / "memory", config=tiny_config(), head=DenseHead(hidden=(32,), epochs=4),
-          split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", progress=False, log=again.append)
-    assert any(line.startswith("features: in memory (") for line in again), again
+          split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", progress=False)
+    assert any(line.startswith("features: in memory (") for line in logged()), logged()
 
 
 def test_a_bad_budget_is_one_line_before_any_work(shapes_dir, tmp_path, capsys):
@@ -102,7 +99,7 @@ def test_a_bad_budget_is_one_line_before_any_work(shapes_dir, tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
-def test_search_over_budget_gives_the_trials_memory_mapped_arrays(shapes_dir, tmp_path, monkeypatch):
+def test_search_over_budget_gives_the_trials_memory_mapped_arrays(shapes_dir, tmp_path, monkeypatch, logged):
     from gearfeat.workflows import search as search_module
     seen = []
     real = search_module.run_trials
@@ -112,10 +109,9 @@ def test_search_over_budget_gives_the_trials_memory_mapped_arrays(shapes_dir, tm
         return real(configurations, X_train, y_train, X_val, y_val, **kwargs)
 
     monkeypatch.setattr(search_module, "run_trials", spy)
-    lines = []
     search(shapes_dir, tmp_path / "run", space={"hidden": [[16]], "epochs": [2], "baseline_c": [1.0]}, n_trials=None,
            config=tiny_config(), split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", memory_budget="10kB",
-           progress=False, log=lines.append)
+           progress=False)
     assert seen and seen[0][:2] == (True, True), seen  # joblib hands a memmap to loky workers by reference
-    assert any("memory-mapped from" in line for line in lines), lines
+    assert any("memory-mapped from" in line for line in logged()), logged()
     assert not list((tmp_path / "cache").glob(".gearfeat-trials-*"))  # removed after the trials

@@ -31,9 +31,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -53,6 +53,8 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises o
 _SPACE_MARGIN = 1 << 20  # bytes left free besides an append's rows: HDF5 metadata, heap and B-tree growth
 _ROW_OVERHEAD = 64 + 8 + 2 * 32  # bytes a row takes besides its features and strings: sha256, digest, heap entries
 _READ_BYTES = 32 << 20  # the most feature bytes one read window holds in memory
+
+logger = logging.getLogger(__name__)
 
 
 def _settings_json(attrs: Mapping[str, object]) -> str:
@@ -86,7 +88,6 @@ class FeatureCache:
         self._digests = np.zeros(0, "S8")  # the digest of every committed row, as recorded in the file
         self.n_rows = 0
         self.dim: int | None = None
-        self.log = _stderr
         self.pending = 0  #: rows the running extraction still means to append (for the space it needs)
 
     # ----------------------------------------------------------------- locating and locking
@@ -97,19 +98,18 @@ class FeatureCache:
 
     @classmethod
     @contextmanager
-    def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *, write: bool = True,
-             log=None) -> Iterator["FeatureCache"]:
+    def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *,
+             write: bool = True) -> Iterator["FeatureCache"]:
         """Lock (exclusive for writers, shared for readers), check the structure of a cache file and load its
         keys and digests (not its features: see :meth:`verify`)."""
         path = cls.path_for(cache_dir, attrs)
-        with _locked(path, write=write, log=log or _stderr):
+        with _locked(path, write=write):
             cache = cls(path, attrs)
-            cache.log = log or _stderr
-            cache._load(cache.log)
+            cache._load()
             yield cache
 
     # ----------------------------------------------------------------- reading
-    def _load(self, log) -> None:
+    def _load(self) -> None:
         if not self.path.exists():
             return
         try:
@@ -121,7 +121,8 @@ class FeatureCache:
         """Move a damaged file aside (``.corrupt``) and start an empty cache in its place."""
         aside = self.path.with_suffix(".corrupt")
         os.replace(self.path, aside)
-        self.log(f"warning: cache {self.path} failed verification ({reason}); moved to {aside.name} and rebuilding")
+        logger.warning(f"warning: cache {self.path} failed verification ({reason}); moved to {aside.name} and "
+                       "rebuilding")
         self._index, self.n_rows, self.dim, self._digests = {}, 0, None, np.zeros(0, "S8")
         self._keys, self._order = np.zeros(0, "S64"), np.zeros(0, np.int64)
 
@@ -211,8 +212,8 @@ class FeatureCache:
                 if attempt == 2 or _no_space(exc) or not self._rewrite():
                     raise GearfeatError(f"cannot write cache {self.path}: {first_line(exc)} (disk full or "
                                         "read-only? free space or pass another --cache-dir)") from None
-                self.log(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied its "
-                         f"{self.n_rows} committed rows to a fresh file")
+                logger.warning(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied "
+                               f"its {self.n_rows} committed rows to a fresh file")
         start = self.n_rows
         self._index.update({h: start + i for i, h in enumerate(hashes)})
         self._digests = np.concatenate([self._digests, columns["digest"]])
@@ -341,7 +342,7 @@ class FeatureRows:
         order = np.argsort(self.rows[indexes], kind="stable")
         rows = self.rows[indexes][order]  # increasing
         span = max(1, window_bytes // max(4 * self.dim, 1))
-        with _locked(self.path, write=False, log=_stderr) if self.locked else nullcontext():
+        with _locked(self.path, write=False) if self.locked else nullcontext():
             try:
                 with h5py.File(self.path, "r") as f:
                     features = f["features"]
@@ -403,7 +404,7 @@ class FeatureRows:
 
 
 @contextmanager
-def _locked(path: Path, *, write: bool, log) -> Iterator[None]:
+def _locked(path: Path, *, write: bool) -> Iterator[None]:
     """Hold the lock file of the cache ``path``: exclusive for writers, shared for readers."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +417,7 @@ def _locked(path: Path, *, write: bool, log) -> Iterator[None]:
         try:
             fcntl.flock(lock, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"waiting for another gearfeat process using {path.name} ...")
+            logger.info(f"waiting for another gearfeat process using {path.name} ...")
             fcntl.flock(lock, mode)
         try:
             yield
@@ -428,7 +429,3 @@ def _no_space(exc: BaseException) -> bool:
     """True for a write error from a full disk or quota (h5py puts the errno in its message only)."""
     return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in str(exc) \
         or "No space left" in str(exc)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ by a thread pool while the backbone computes, so memory stays flat and decoding 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -31,6 +32,8 @@ from ..data.labels import LabelFile
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache, FeatureRows
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16  # small batches in several streams interleave best with decoding (bench_extract.py)
 DEFAULT_STREAMS = 4  # batches in the backbone at once: fills the cores that one call leaves idle
@@ -354,13 +357,14 @@ def _copies_of_failed(dataset: Dataset, first: dict[str, str], failed: list[Skip
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
                     labels: str | os.PathLike | LabelFile | None = None, cache_dir: str | os.PathLike = "cache",
                     batch_size: int | None = None, progress: bool = True, backend: str = "local",
-                    address: str | None = None, log: Callable[[str], None] = print) -> Extraction:
+                    address: str | None = None) -> Extraction:
     """Scan ``data_dir`` (its class folders, or the files the CSV ``labels`` names), fill the cache for it and
     return the features (the ``gearfeat extract`` command).
 
     ``backend="dask"`` runs the backbone pass on the workers of the dask.distributed scheduler at ``address``
     (see :mod:`gearfeat.features.distributed`); it is connected to before the scan. The files left out are
-    logged and written to ``skipped.json`` in the cache folder (this run's list).
+    logged (warnings of the ``gearfeat`` logger) and written to ``skipped.json`` in the cache folder (this run's
+    list); the counts are an info message.
     """
     from .distributed import cluster_client
     extractor = FeatureExtractor(config, progress=progress,
@@ -371,7 +375,7 @@ def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
     extraction.skipped = dataset.skipped + extraction.skipped
     write_skipped(extraction.skipped, Path(extraction.cache_path).parent / "skipped.json")
     for item in extraction.skipped:
-        log(f"skipped {item.path}: {item.reason}")
-    log(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} reused, "
-        f"{len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
+        logger.warning(f"skipped {item.path}: {item.reason}")
+    logger.info(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} "
+                f"reused, {len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
     return extraction

@@ -8,6 +8,7 @@ stored beside it: ``gearfeat.json`` in a SavedModel folder, ``NAME.json`` next t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ import numpy as np
 from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import write_json_atomic
 from .stitch import load_model, model_info, quiet_absl
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("savedmodel", "tflite", "keras")
 QUANTIZATIONS = ("float16", "dynamic")
@@ -223,8 +226,8 @@ WRITERS = {"savedmodel": (_write_savedmodel, ""), "tflite": (_write_tflite, ".tf
            "keras": (_write_keras, ".keras")}
 
 
-def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str, quantize: str | None = None,
-           log=print) -> dict[str, Any]:
+def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str,
+           quantize: str | None = None) -> dict[str, Any]:
     """Export ``source`` (a run folder or a ``.h5``) as ``format`` to ``out``, kept only when its probabilities
     equal the ``.h5``'s within 1e-4 on a sample of the run's test images (generated images for a bare ``.h5``);
     a quantized TFLite is kept with its deviation and test accuracy reported. Returns the record written beside
@@ -280,8 +283,8 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str, qu
         metadata_path(tmp).unlink(missing_ok=True) if suffix else None
     accuracy = (f"; test accuracy {record['test_accuracy']:.4f} (model.h5: {record['h5_test_accuracy']:.4f})"
                 if "test_accuracy" in record else "")
-    log(f"wrote {out}: max deviation from model.h5 {record['max_deviation']:.2g} on {record['check_images']}"
-        + (f" ({quantize}-quantized, kept regardless)" if quantize else "") + accuracy)
+    logger.info(f"wrote {out}: max deviation from model.h5 {record['max_deviation']:.2g} on {record['check_images']}"
+                + (f" ({quantize}-quantized, kept regardless)" if quantize else "") + accuracy)
     return record
 
 

@@ -7,10 +7,10 @@ itself, after checking the digest recorded in ``manifest.json`` at write time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from .._internal.errors import GearfeatError, is_int, is_real
 from .._internal.fileio import atomic_path, hash_file, write_json_atomic
 from .._version import __version__
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
 
@@ -29,14 +31,13 @@ class RunDir:
     """The output folder of a run: writes artifacts and records their digests in ``manifest.json``.
 
     A folder created for writing (``create=True``) that holds an earlier gearfeat run gets a clean start: when
-    this run writes its first file, the files the earlier run recorded in its manifest are removed (and ``log``
-    says so), so that none of them outlives it to describe another model. Other files are left alone, and a
-    run that fails before writing anything leaves the earlier one intact.
+    this run writes its first file, the files the earlier run recorded in its manifest are removed (and an info
+    message of the ``gearfeat`` logger says so), so that none of them outlives it to describe another model. Other
+    files are left alone, and a run that fails before writing anything leaves the earlier one intact.
     """
 
-    def __init__(self, path: str | os.PathLike, *, create: bool = False, log: Callable[[str], None] = print):
+    def __init__(self, path: str | os.PathLike, *, create: bool = False):
         self.path = Path(path)
-        self._log = log
         self._earlier: set[str] | None = None  # a created folder's earlier run, until this run's first write
         self._to_create = create  # made at the first write: a run that fails before it leaves no empty folder
         if create:
@@ -74,7 +75,7 @@ class RunDir:
                 except OSError as exc:
                     raise GearfeatError(f"cannot replace {self.path / name} of the earlier run: "
                                         f"{exc.strerror}") from None
-        self._log(f"{self.path}: replaced the earlier gearfeat {command + ' ' if command else ''}run in it")
+        logger.info(f"{self.path}: replaced the earlier gearfeat {command + ' ' if command else ''}run in it")
 
     def manifest(self) -> dict[str, str]:
         """The recorded digests by file name; empty when there is none (or it is not a JSON object)."""

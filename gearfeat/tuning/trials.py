@@ -8,11 +8,12 @@ the default space's baseline fits."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import joblib
@@ -26,7 +27,7 @@ from ..models.stacked import StackedHeads, plan_stacks
 from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
 from .space import BASELINE, kind_of
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 STACK_BUDGET = 256 << 20
 """Bytes one stack of heads may allocate while it trains (:func:`~gearfeat.models.stacked.stack_bytes`); larger
@@ -112,7 +113,7 @@ def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]
 def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray, y_train: np.ndarray,
                X_val: np.ndarray, y_val: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
                jobs: int = -1, backend: str | None = None, address: str | None = None,
-               progress: bool = True, log: Log = print, budget: int = STACK_BUDGET) -> Trials:
+               progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
     ``params``. ``backend`` is a name in :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`)."""
@@ -142,16 +143,17 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
                        for i in baselines])
 
         if spec.in_process:
-            log(f"search: {trials} in this process ({len(dense)} head{'s' * (len(dense) != 1)} in {len(stacks)} "
-                f"stack{'s' * (len(stacks) != 1)}, {len(baselines)} baseline{'s' * (len(baselines) != 1)} beside)")
+            logger.info(f"search: {trials} in this process ({len(dense)} head{'s' * (len(dense) != 1)} in "
+                        f"{len(stacks)} stack{'s' * (len(stacks) != 1)}, {len(baselines)} "
+                        f"baseline{'s' * (len(baselines) != 1)} beside)")
             results = _in_process(calls(None))
         else:
             with joblib.parallel_config(n_jobs=int(jobs), **settings):
                 units = len(stacks) + len(baselines)
                 workers = max(1, min(units, joblib.effective_n_jobs(int(jobs))))
                 threads = spec.threads(workers)
-                log(f"search: {trials} on {workers} {backend} worker{'s' * (workers > 1)}"
-                    + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
+                logger.info(f"search: {trials} on {workers} {backend} worker{'s' * (workers > 1)}"
+                            + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
                 results = _finished(calls(threads), workers=workers, streams=spec.streams)
         for done, stack in results:
             for i, row in done:

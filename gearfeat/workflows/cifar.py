@@ -11,11 +11,11 @@ unpickler that resolves only the three numpy names a pickled array needs; any ot
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -34,6 +34,8 @@ from ..models.heads import DenseHead
 from ..models.stitch import load_model, save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
+
+logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 """CIFAR-10's labels 0..9, in order."""
@@ -125,8 +127,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                   config: ExtractorConfig | None = None, head: DenseHead | None = None,
                   val_fraction: float = 0.1, seed: int = 0, baseline: str = "logreg", baseline_c: float = 1.0,
                   cache_dir: str | os.PathLike = "cache", batch_size: int = CIFAR_BATCH_SIZE,
-                  plots: str | os.PathLike | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> CifarResult:
+                  plots: str | os.PathLike | None = None, progress: bool = True) -> CifarResult:
     """Train a dense head on cached frozen-backbone features of CIFAR-10 and save the stitched model ``out``.
 
     The head stops early on a stratified ``val_fraction`` of the training images; the official 10,000 test
@@ -152,8 +153,8 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     except ValueError as exc:  # too few images of a class for a stratified split
         raise GearfeatError(f"cannot hold out val_fraction={val_fraction} of {len(y_train)} training images "
                             f"stratified by class: {first_line(exc)}") from None
-    log(f"CIFAR-10: {len(x_train)} training and {len(x_test)} test images; backbone {config.backbone} at "
-        f"{config.backbone_size} px, weights {config.weights}")
+    logger.info(f"CIFAR-10: {len(x_train)} training and {len(x_test)} test images; backbone {config.backbone} at "
+                f"{config.backbone_size} px, weights {config.weights}")
 
     t0 = time.perf_counter()
     extractor = FeatureExtractor(config, batch_size=batch_size, progress=progress)
@@ -161,7 +162,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     X_train, cache_path = extractor.extract_arrays(x_train, names[y_train], cache_dir, source="cifar10-train")
     X_test, _ = extractor.extract_arrays(x_test, names[y_test], cache_dir, source="cifar10-test")
     extract_seconds = time.perf_counter() - t0
-    log(f"features {X_train.shape[1]}-d from cache {cache_path} ({extract_seconds:.1f} s)")
+    logger.info(f"features {X_train.shape[1]}-d from cache {cache_path} ({extract_seconds:.1f} s)")
 
     t0 = time.perf_counter()
     head = clone(head).set_params(seed=seed)  # the caller's estimator stays unfitted, as in train
@@ -205,8 +206,8 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                      title=f"Dense head on cached {config.backbone} features of CIFAR-10")
         plot_confusion(y_test, proba.argmax(axis=1), CLASS_NAMES, Path(plots) / "confusion.png",
                        title="CIFAR-10 test set (normalized by true class)")
-    log(f"saved {path}; reloaded in safe mode, it equals the head on cached features (max |dp| "
-        f"{metrics['saved_vs_head_max_abs_diff']:.2g} on {RELOAD_CHECK_IMAGES} test images)")
+    logger.info(f"saved {path}; reloaded in safe mode, it equals the head on cached features (max |dp| "
+                f"{metrics['saved_vs_head_max_abs_diff']:.2g} on {RELOAD_CHECK_IMAGES} test images)")
     return CifarResult(path, metrics, head.history_)
 
 

@@ -5,9 +5,9 @@ The architecture is text (see :mod:`gearfeat.models.architecture`); the images a
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 
 import keras
@@ -20,12 +20,13 @@ from ..models.heads import compile_model
 from ..outputs.runs import RunDir
 from .fitting import FitConfig, FitResult, finish_run, fit, load_split
 
+logger = logging.getLogger(__name__)
+
 
 def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *,
               labels: str | os.PathLike | LabelFile | None = None, layers: str = DEFAULT_LAYERS,
               augment: str = DEFAULT_AUGMENT, image_size: int = 128, config: FitConfig | None = None,
-              split: SplitConfig | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> FitResult:
+              split: SplitConfig | None = None, progress: bool = True) -> FitResult:
     """Train a CNN from scratch on ``data_dir`` and write the run folder ``out``.
 
     ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). The split is the one
@@ -38,17 +39,17 @@ def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     split = split or SplitConfig()
     image_size = check_image_size(image_size, "--image-size")
     build_cnn(2, image_size, layers, augment)  # a bad architecture fails before the images are decoded
-    run = RunDir(out, create=True, log=log)
-    data = load_split(data_dir, split, image_size, labels=labels, progress=progress, log=log)
+    run = RunDir(out, create=True)
+    data = load_split(data_dir, split, image_size, labels=labels, progress=progress)
     load_seconds = time.perf_counter() - started
 
     keras.utils.set_random_seed(split.seed)
     model = compile_model(build_cnn(len(data.dataset.class_names), image_size, layers, augment),
                           config.learning_rate)
-    log(f"CNN {layers!r}, augmentation {augment!r}: {model.count_params():,} parameters")
-    fitted = fit(model, data, config, run / "model.h5", log=log)
+    logger.info(f"CNN {layers!r}, augmentation {augment!r}: {model.count_params():,} parameters")
+    fitted = fit(model, data, config, run / "model.h5")
     return finish_run(
         run, model, data, fitted, command="cnn", title=f"CNN from scratch ({image_size} px)",
         record={"layers": layers, "augment": augment, "fit": asdict(config),
                 "parameters": model.count_params()},
-        seconds={"load": load_seconds}, started=started, model_meta={"layers": layers}, log=log)
+        seconds={"load": load_seconds}, started=started, model_meta={"layers": layers})

@@ -6,6 +6,7 @@ figure on freshly drawn images that are not in the dataset, and the report, and 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -23,6 +24,8 @@ from ..models.heads import DenseHead
 from ..outputs.report import write_report
 from .predict import Prediction, predict_images
 from .train import TrainResult, train
+
+logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = ExtractorConfig("densenet121", weights="imagenet", image_size=128, backbone_size=128)
 """The demo's backbone: seconds for the demo's images on 2 CPU cores, a 29 MB ImageNet download; offline, its
@@ -61,8 +64,7 @@ class DemoResult:
 def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagenet", *,
              config: ExtractorConfig | None = None, head: DenseHead | None = None, baseline: str = "logreg",
              baseline_c: float = 1.0, per_class: int = PER_CLASS, n_new: int = NEW_IMAGES, seed: int = 0,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True,
-             log: Callable[[str], None] = print) -> DemoResult:
+             cache_dir: str | os.PathLike | None = None, progress: bool = True) -> DemoResult:
     """Generate the shapes dataset under ``out/data`` and run the whole workflow on it.
 
     ``weights`` as everywhere ("imagenet", None for random, or a local file). When the ImageNet download
@@ -82,7 +84,7 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     _check_generated(data_dir, expected.__contains__)  # a bigger earlier demo would leave extra images
     new_dir = out / "new_images"
     _check_generated(new_dir, lambda name: re.fullmatch(r"new_\d+_[a-z]+\.png", name) is not None)
-    log(f"drawing {per_class} images of each of {', '.join(SHAPES)} ({config.image_size} px) in {data_dir}")
+    logger.info(f"drawing {per_class} images of each of {', '.join(SHAPES)} ({config.image_size} px) in {data_dir}")
     try:
         make_shapes_dataset(data_dir, per_class=per_class, size=config.image_size, seed=seed)
         new_images = make_shape_images(new_dir, n_new, size=config.image_size, seed=seed + 1)
@@ -90,26 +92,26 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
         raise GearfeatError(f"cannot draw the demo images in {out}: {exc.strerror or exc}; pass another "
                             "--out folder") from None
 
-    config, note = _usable_weights(config, log)
+    config, note = _usable_weights(config)
     result = train(data_dir, out / "transfer", config=config, head=head, split=SplitConfig(seed=seed),
                    baseline=baseline, baseline_c=baseline_c, cache_dir=cache_dir or out / "cache",
-                   progress=progress, log=log)
+                   progress=progress)
     predictions_png = out / "predictions.png"
     predictions = predict_images(result.run_dir / "model.h5", new_images, plot=predictions_png)
     right = sum(p.label is not None and Path(p.path).stem.endswith(f"_{p.label}") for p in predictions)
     for p in predictions:
-        log(f"new image {Path(p.path).name}: predicted {p.label} ({p.confidence:.2f})")
-    log(f"{right} of {len(predictions)} new images predicted as the shape they show")
+        logger.info(f"new image {Path(p.path).name}: predicted {p.label} ({p.confidence:.2f})")
+    logger.info(f"{right} of {len(predictions)} new images predicted as the shape they show")
     report = write_report([result.run_dir], out / "report.md", predictions_png=predictions_png,
                           notes=[note] if note else ())
     return DemoResult(out, config, data_dir, result, predictions, predictions_png, report, note,
                       time.perf_counter() - started)
 
 
-def _usable_weights(config: ExtractorConfig, log: Callable[[str], None]) -> tuple[ExtractorConfig, str | None]:
+def _usable_weights(config: ExtractorConfig) -> tuple[ExtractorConfig, str | None]:
     """``config``, or a copy with random weights when the ImageNet download fails; and what to tell the reader."""
     if config.weights is None:
-        log("backbone weights: random initialization (--weights none); features are not pretrained")
+        logger.info("backbone weights: random initialization (--weights none); features are not pretrained")
         return config, None
     if config.weights != "imagenet":
         return config, None
@@ -120,7 +122,7 @@ def _usable_weights(config: ExtractorConfig, log: Callable[[str], None]) -> tupl
         note = (f"ImageNet weights were asked for but could not be downloaded: {exc}. The demo therefore uses "
                 "a backbone with random initialization, and its accuracy says nothing about pretrained transfer "
                 "learning.")
-        log(f"WARNING: {note}")
+        logger.warning(f"WARNING: {note}")
         return replace(config, weights=None), note
     return config, None
 

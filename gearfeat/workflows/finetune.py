@@ -8,9 +8,9 @@ backbone with ``training=False``).
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from ..models.heads import compile_model
 from ..models.stitch import load_model
 from ..outputs.runs import RunDir, RunRecord
 from .fitting import FitConfig, FitResult, evaluate, finish_run, fit, load_split
+
+logger = logging.getLogger(__name__)
 
 #: Fine-tuning defaults: a learning rate low enough not to wreck the pretrained features, few epochs.
 DEFAULT_FIT = FitConfig(learning_rate=1e-5, batch_size=32, epochs=20, patience=3, reduce_lr_patience=None,
@@ -85,7 +87,7 @@ def _check_classes(run_dir: Path, recorded: list[str], found: list[str], data_di
 
 def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: int,
              config: FitConfig | None = None, data_dir: str | os.PathLike | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
+             progress: bool = True) -> FitResult:
     """Fine-tune the model of the transfer run ``run_dir`` and write the run folder ``out``.
 
     Uses the run's data folder (or ``data_dir``) and label file, image size and split, so the test split is the
@@ -115,23 +117,23 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
     if Path(out).resolve() == source.path.resolve():
         raise GearfeatError(f"--out {out} is the run being fine-tuned; write the fine-tuned run to another folder")
-    run = RunDir(out, create=True, log=log)
-    data = load_split(dataset, split, image_size, progress=progress, log=log)
+    run = RunDir(out, create=True)
+    data = load_split(dataset, split, image_size, progress=progress)
     if any(len(data.parts[k]) != info.split.get(k) for k in data.parts):
-        log(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "
-            "head-only and fine-tuned accuracies below are both measured on the new test split")
+        logger.warning(f"warning: the split sizes differ from those of {source.path} (the data folder changed?); "
+                       "head-only and fine-tuned accuracies below are both measured on the new test split")
     load_seconds = time.perf_counter() - started
 
     before = {part: evaluate(model, data, part) for part in ("test", "val")}
     head_only = before["test"]
     head_only_metrics = {f"head_only_{part}_{k}": scores[k] for part, scores in before.items()
                          for k in ("accuracy", "loss")}
-    log(f"head-only test accuracy {head_only['accuracy']:.4f} (loss {head_only['loss']:.4f}); unfreezing the "
-        f"top {unfreeze} backbone layers ({len(unfrozen)} trainable, batch normalization stays frozen)")
+    logger.info(f"head-only test accuracy {head_only['accuracy']:.4f} (loss {head_only['loss']:.4f}); unfreezing the "
+                f"top {unfreeze} backbone layers ({len(unfrozen)} trainable, batch normalization stays frozen)")
     keras.utils.set_random_seed(split.seed)
     compile_model(model, config.learning_rate)
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    fitted = fit(model, data, config, run / "model.h5", log=log)
+    fitted = fit(model, data, config, run / "model.h5")
     extractor = info.extractor
     result = finish_run(
         run, model, data, fitted, command="finetune", title=f"Fine-tuning the top {unfreeze} backbone layers",
@@ -139,8 +141,8 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
                 "trainable_parameters": trainable, "fit": asdict(config), "extractor": extractor},
         seconds={"load": load_seconds}, started=started,
         metrics=head_only_metrics,
-        model_meta={"backbone": extractor.get("backbone"), "unfreeze": unfreeze}, log=log)
+        model_meta={"backbone": extractor.get("backbone"), "unfreeze": unfreeze})
     tuned = result.metrics
-    log(f"fine-tuned test accuracy {tuned['test_accuracy']:.4f}, loss {tuned['test_loss']:.4f} "
-        f"(head only: {head_only['accuracy']:.4f}, loss {head_only['loss']:.4f})")
+    logger.info(f"fine-tuned test accuracy {tuned['test_accuracy']:.4f}, loss {tuned['test_loss']:.4f} "
+                f"(head only: {head_only['accuracy']:.4f}, loss {head_only['loss']:.4f})")
     return result

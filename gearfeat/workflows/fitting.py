@@ -7,10 +7,10 @@ limit stops training before an epoch that would end past it. :func:`finish_run` 
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from ..outputs.metrics import classification_metrics
 from ..outputs.plots import plot_confusion, plot_history
 from ..outputs.runs import RunDir, RunRecord
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,8 +109,7 @@ def decode_images(dataset: Dataset, size: int, *, workers: int | None = None,
 
 
 def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size: int, *,
-               labels: str | os.PathLike | LabelFile | None = None, progress: bool = True,
-               log: Log = print) -> ImageSplit:
+               labels: str | os.PathLike | LabelFile | None = None, progress: bool = True) -> ImageSplit:
     """Scan the folder ``data`` (by its ``labels`` file, if given; or take it already scanned), decode its images
     at ``image_size`` and split them as ``gearfeat train`` does.
 
@@ -123,11 +122,11 @@ def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size
                                     image_size,
                                     progress=progress)
     for item in dataset.skipped:
-        log(f"skipped {item.path}: {item.reason}")
+        logger.warning(f"skipped {item.path}: {item.reason}")
     parts = split_dataset(dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
-    log(f"{len(dataset.records)} images of {len(dataset.class_names)} classes "
-        f"({', '.join(f'{k} {len(v)}' for k, v in parts.items())}), {len(dataset.skipped)} skipped")
+    logger.info(f"{len(dataset.records)} images of {len(dataset.class_names)} classes "
+                f"({', '.join(f'{k} {len(v)}' for k, v in parts.items())}), {len(dataset.skipped)} skipped")
     return ImageSplit(dataset, images, parts, split, list(dataset.skipped))
 
 
@@ -173,11 +172,11 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch through ``log``: losses, accuracies and the epoch's wall time."""
+    """One info message per epoch: losses, accuracies and the epoch's wall time."""
 
-    def __init__(self, epochs: int, log: Log):
+    def __init__(self, epochs: int):
         super().__init__()
-        self.epochs, self.log = epochs, log
+        self.epochs = epochs
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self._start = time.perf_counter()
@@ -186,11 +185,10 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         figures = " ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy")
                            if k in logs)
-        self.log(f"epoch {epoch + 1}/{self.epochs}: {figures} ({time.perf_counter() - self._start:.1f} s)")
+        logger.info(f"epoch {epoch + 1}/{self.epochs}: {figures} ({time.perf_counter() - self._start:.1f} s)")
 
 
-def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Path, *,
-        log: Log = print) -> dict[str, Any]:
+def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Path) -> dict[str, Any]:
     """Train a compiled ``model`` on the train part, validating on the val part; return a fit summary.
 
     ``checkpoint`` (a ``.h5`` path) always holds the model of the lowest validation loss so far; at the end
@@ -200,7 +198,7 @@ def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Pat
                                           restore_best_weights=True)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True), early,
-        EpochLog(int(config.epochs), log)]
+        EpochLog(int(config.epochs))]
     if config.reduce_lr_patience:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, min_lr=1e-6,
                                                            patience=int(config.reduce_lr_patience)))
@@ -218,9 +216,9 @@ def fit(model: keras.Model, data: ImageSplit, config: FitConfig, checkpoint: Pat
     epochs_run = len(history["loss"])
     stopped_by = ("time limit" if limit and limit.stopped else
                   "early stopping" if early.stopped_epoch > 0 else "epoch count")
-    log(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.0f} s "
-        f"(stopped by {stopped_by}); "
-        f"best epoch {early.best_epoch + 1} (val_loss {early.best:.4f})")
+    logger.info(f"trained {epochs_run} epoch{'' if epochs_run == 1 else 's'} in {seconds:.0f} s "
+                f"(stopped by {stopped_by}); "
+                f"best epoch {early.best_epoch + 1} (val_loss {early.best:.4f})")
     return {"history": history, "seconds": seconds, "epochs_run": epochs_run,
             "best_epoch": early.best_epoch + 1, "stopped_by": stopped_by}
 
@@ -237,8 +235,8 @@ def evaluate(model: keras.Model, data: ImageSplit, part: str = "test",
 
 def finish_run(run: RunDir, model: keras.Model, data: ImageSplit, fitted: dict[str, Any], *, command: str,
                title: str, record: dict[str, Any], seconds: dict[str, float], started: float,
-               metrics: dict[str, Any] | None = None, model_meta: dict[str, Any] | None = None,
-               log: Log = print) -> FitResult:
+               metrics: dict[str, Any] | None = None,
+               model_meta: dict[str, Any] | None = None) -> FitResult:
     """Evaluate ``model`` on the test part and write the run folder.
 
     Writes ``model.h5`` (compiled, class names inside), ``metrics.json`` (``test_accuracy``, ``val_accuracy``,
@@ -286,6 +284,6 @@ def finish_run(run: RunDir, model: keras.Model, data: ImageSplit, fitted: dict[s
                  "total": time.perf_counter() - started},
         machine=machine_summary(),
     ).save(run)
-    log(f"test accuracy {metrics['test_accuracy']:.4f} after {fitted['seconds']:.0f} s of training; "
-        f"wrote {run / 'model.h5'}")
+    logger.info(f"test accuracy {metrics['test_accuracy']:.4f} after {fitted['seconds']:.0f} s of training; "
+                f"wrote {run / 'model.h5'}")
     return FitResult(run.path, metrics, data.skipped)

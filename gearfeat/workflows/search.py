@@ -17,10 +17,11 @@ scatters each array once (joblib's auto-scatter of large arguments, by identity)
 object store (put once, read by reference), and threads share them."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
 from .transfer import check_settings, fit_and_save
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(repr=False)
@@ -72,8 +73,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
            space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
            jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
-           cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None, progress: bool = True,
-           log: Log = print) -> SearchResult:
+           cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None,
+           progress: bool = True) -> SearchResult:
     """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
     keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
     tried) and write the run folder like ``gearfeat train``.
@@ -101,17 +102,17 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     get_backend(backend, address)
     check_jobs(jobs)
     budget = memory_budget_of(memory_budget)
-    run = RunDir(out, create=True, log=log)
-    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress, log=log,
+    run = RunDir(out, create=True)
+    extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress,
                                  **({"backend": "dask", "address": address} if backend == "dask" else {}))
     rows, y = extraction.rows, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
     t0 = time.perf_counter()
-    with _trial_arrays(rows, parts, extraction.cache_path, budget, log) as (X_train, X_val):
+    with _trial_arrays(rows, parts, extraction.cache_path, budget) as (X_train, X_val):
         found = run_trials(configurations, X_train, y[parts["train"]], X_val, y[parts["val"]],
                            n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
-                           backend=backend, address=address, progress=progress, log=log)
+                           backend=backend, address=address, progress=progress)
     search_seconds = time.perf_counter() - t0
     board = rank_trials(found)
     by_trial = {t["trial"]: t for t in board}
@@ -130,12 +131,12 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
         "best_head_trial": best_head and best_head["trial"], "best_baseline_trial": best_base and best_base["trial"],
     }
     kept_baseline = f"{kept_summary(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
-    log(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
-        f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
+    logger.info(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
+                f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
     head = found.best_head if best_head else DenseHead()  # no dense trial: the default head, trained
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline, baseline_c=baseline_c,
                           started=started, command="search", search=info, fitted=best_head is not None,
-                          memory_budget=budget, log=log)
+                          memory_budget=budget)
     metrics = fitted.metrics
     winner = board[0]
     test_key = "test_accuracy" if winner["model"] == "dense" else "baseline_test_accuracy"
@@ -150,8 +151,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
 
 
 @contextmanager
-def _trial_arrays(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path, budget: int,
-                  log: Log) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _trial_arrays(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path,
+                  budget: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The train and validation features of the trials: read into memory within ``budget``, else written to
     ``.npy`` files in a temporary folder beside the cache and memory-mapped (the folder is removed after)."""
     need = 4 * rows.dim * (len(parts["train"]) + len(parts["val"]))
@@ -159,6 +160,6 @@ def _trial_arrays(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path
         yield rows.read(parts["train"]), rows.read(parts["val"])
         return
     with tempfile.TemporaryDirectory(prefix=".gearfeat-trials-", dir=Path(cache_path).parent) as folder:
-        log(f"search: the trials' features ({size_text(need)}, more than the budget {size_text(budget)}) are "
-            f"memory-mapped from {folder}")
+        logger.info(f"search: the trials' features ({size_text(need)}, more than the budget {size_text(budget)}) "
+                    f"are memory-mapped from {folder}")
         yield tuple(rows.to_npy(parts[name], Path(folder) / f"{name}.npy") for name in ("train", "val"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +40,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
           labels: str | os.PathLike | LabelFile | None = None, config: ExtractorConfig | None = None,
           head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
           baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", backend: str = "local",
-          address: str | None = None, memory_budget: str | int | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          address: str | None = None, memory_budget: str | int | None = None,
+          progress: bool = True) -> TrainResult:
     """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
 
     ``data_dir`` has one sub-folder per class, or ``labels`` (a CSV file, or a :class:`LabelFile` naming its
@@ -61,11 +60,11 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     check_settings(config=config, split=split, head=head)  # before the extraction, which can take minutes
     check_baseline(baseline, baseline_c)
     budget = memory_budget_of(memory_budget)
-    run = RunDir(out, create=True, log=log)
+    run = RunDir(out, create=True)
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, backend=backend,
-                                 address=address, progress=progress, log=log)
+                                 address=address, progress=progress)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
-                          baseline_c=baseline_c, started=started, memory_budget=budget, log=log)
+                          baseline_c=baseline_c, started=started, memory_budget=budget)
     return TrainResult(run.path, fitted.metrics, extraction, fitted.head, fitted.baseline, extraction.skipped)

@@ -3,6 +3,7 @@ cached features, stitch, check the stitched model against the head, write the ru
 from __future__ import annotations
 
 import csv
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
 from ..outputs.runs import RunDir, RunRecord
+
+logger = logging.getLogger(__name__)
 
 STITCH_CHECK_IMAGES = 64  # test images re-run through the stitched model to prove it equals the head
 
@@ -60,8 +63,7 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHe
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", search: dict | None = None,
-                 fitted: bool = False, memory_budget: int | None = None,
-                 log: Callable[[str], None] = print) -> FittedRun:
+                 fitted: bool = False, memory_budget: int | None = None) -> FittedRun:
     """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
     seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
     stitch, and write the run folder.
@@ -87,8 +89,9 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     streamed = split_bytes > budget
     window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
     path = f"streamed from the cache, budget {size_text(budget)}" if streamed else "in memory"
-    log(f"features: {path} ({size_text(split_bytes)} for the split"
-        + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})" if streamed else ")"))
+    logger.info(f"features: {path} ({size_text(split_bytes)} for the split"
+                + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})"
+                   if streamed else ")"))
     X_parts = {} if streamed else {name: rows.read(parts[name]) for name in ("train", "val", "test")}
 
     def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
@@ -129,9 +132,10 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
     stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
     if stitch_delta > STITCH_TOLERANCE:
-        log(f"warning: model.h5 does not reproduce the head on the cached features (probabilities differ by "
-            f"{stitch_delta:.2g}, tolerance {STITCH_TOLERANCE:g}): the cache {extraction.cache_path} may hold "
-            "features this code would not compute; delete it and run again")
+        logger.warning(f"warning: model.h5 does not reproduce the head on the cached features (probabilities "
+                       f"differ by {stitch_delta:.2g}, tolerance {STITCH_TOLERANCE:g}): the cache "
+                       f"{extraction.cache_path} may hold features this code would not compute; delete it and run "
+                       "again")
 
     names = dataset.class_names
     head_metrics = classification_metrics(y[test_idx], head_pred, names)
@@ -182,8 +186,8 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         machine=machine_summary(),
         search=search,
     ).save(run)
-    log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
-        f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
+    logger.info(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
+                f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
 
 
