@@ -11,6 +11,7 @@ The cached views (``--augment-views K``) are these images run through the frozen
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,3 +231,9 @@ class Augmenter:
     def view(self, image: np.ndarray, sha256: str, view: int) -> np.ndarray:
         """View ``view`` of ``image`` (uint8, H x W x 3), the image of the file with ``sha256``."""
         return self._view(image, self.seed_of(sha256, view)).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def augmenter(config: AugmentConfig) -> Augmenter:
+    """The :class:`Augmenter` of ``config``, made (and its graph traced) once per process."""
+    return Augmenter(config)

@@ -28,7 +28,7 @@ from .._version import __version__
 from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
 from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image, decoded_batches
 from ..data.labels import LabelFile
-from .augment import AugmentConfig, Augmenter, view_key
+from .augment import AugmentConfig, augmenter as augmenter_of, view_key
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache, FeatureRows
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
@@ -266,7 +266,7 @@ class FeatureExtractor:
         owners, views = np.repeat(indexes, augment.views), np.tile(np.arange(augment.views), len(indexes))
         records = [dataset.records[i] for i in owners]
         keys = [view_key(r.sha256, int(v)) for r, v in zip(records, views)]
-        augmenter = Augmenter(augment)
+        augmenter = augmenter_of(augment)
         size = self.config.image_size
         attrs = {**self.config.cache_attrs(), **augment.cache_attrs()}
         with FeatureCache.open(cache_dir, attrs, stem=f"{self.config.backbone}-views") as cache:
