@@ -38,9 +38,10 @@ STITCH_TOLERANCE = 1e-4  # largest difference of probabilities between the stitc
 STREAM_WINDOW_BYTES = 32 << 20  # the most feature bytes a streamed run reads at once (a quarter of a smaller budget)
 
 
-#: Whether the baseline trains on the augmented views too (the dense head always does). Measured by
-#: benchmarks/augment_bench.py on 8 and 32 gear images per class, seeds 0-2 (benchmarks/RESULTS.md, "Cached
-#: augmented views"): see the figures there.
+#: Whether the baseline trains on the augmented views too (the dense head always does). Yes: in
+#: benchmarks/augment_bench.py (gear, MobileNetV2 0.35 at 128 px, 289 fixed test images, seeds 0-2) the
+#: logistic-regression baseline's mean test accuracy went from 0.953 to 0.967 with 4 views at 8 images per class
+#: and from 0.986 to 0.992 at 32, never lower than without views (benchmarks/RESULTS.md, "Cached augmented views").
 BASELINE_USES_VIEWS = True
 
 
