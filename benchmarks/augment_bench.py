@@ -57,7 +57,7 @@ def main() -> None:
     per_class, views = [int(v) for v in args.per_class.split(",")], [int(v) for v in args.views.split(",")]
     seeds = range(args.seeds)
     if args.quick:
-        source, weights, size = C.generated_jpegs(80), None, 32
+        source, weights, size = C.generated_jpegs(40), None, 32
         per_class, seeds, views = [4], range(1), [1, 2]
     elif C.GEAR.is_dir() and WEIGHTS_035_128.is_file():
         source, weights, size = C.GEAR, str(WEIGHTS_035_128), 128
