@@ -92,8 +92,9 @@ def main() -> None:
                     for use_views in ((False, True) if k == views[0] else (True,)):
                         X_fit, y_fit = training_rows(plain, train_idx, X[train_idx], views=use_views)
                         t0 = time.perf_counter()
-                        head = DenseHead(seed=seed, **({"epochs": 5} if args.quick else {})).fit(X_fit, y_fit, validation_data=(X[val_idx], y[val_idx]),
-                                                        classes=range(len(dataset.class_names)))
+                        head = DenseHead(seed=seed, **({"epochs": 5} if args.quick else {}))
+                        head.fit(X_fit, y_fit, validation_data=(X[val_idx], y[val_idx]),
+                                 classes=range(len(dataset.class_names)))
                         head_acc = float(np.mean(head.predict(X[test]) == y[test]))
                         base = make_baseline("logreg", 1.0, seed=seed).fit(X_fit, y_fit)
                         base_acc = float(np.mean(base.predict(X[test]) == y[test]))

@@ -97,7 +97,8 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
                    help="also run K augmented views of every training image through the backbone once and cache them; "
                         "the head trains on them too (default 0: none; not with a streamed --memory-budget)")
     g.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="SPEC",
-                   help=f"the views' augmentation, the vocabulary of `gearfeat cnn --augment` (default {DEFAULT_AUGMENT})")
+                   help=f"the views' augmentation, in the vocabulary of `gearfeat cnn --augment` "
+                        f"(default {DEFAULT_AUGMENT})")
     g.add_argument("--augment-seed", type=int, default=0, help="seed of the views (default 0)")
 
 

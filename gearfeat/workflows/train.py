@@ -62,7 +62,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     config = config or ExtractorConfig()
     head = head or DenseHead()
     split = split or SplitConfig()
-    check_settings(config=config, split=split, head=head, augment=augment)  # before the extraction, which can take minutes
+    # before the extraction, which can take minutes
+    check_settings(config=config, split=split, head=head, augment=augment)
     check_baseline(baseline, baseline_c)
     budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True, log=log)

@@ -141,12 +141,13 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     streamed = need > budget
     window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
     path = f"streamed from the cache, budget {size_text(budget)}" if streamed else "in memory"
-    log(f"features: {path} ({size_text(need)} for the split" + (f" and its {len(views.owners)} view rows" if views else "")
+    log(f"features: {path} ({size_text(need)} for the split"
+        + (f" and its {len(views.owners)} view rows" if views is not None else "")
         + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})" if streamed else ")"))
     X_parts = {} if streamed else {name: rows.read(parts[name]) for name in ("train", "val", "test")}
     if not streamed:
         X_fit, y_fit = training_rows(extraction, train_idx, X_parts["train"])
-        X_base, y_base = training_rows(extraction, train_idx, X_parts["train"], views=BASELINE_USES_VIEWS)
+        X_base, y_base = (X_fit, y_fit) if BASELINE_USES_VIEWS else (X_parts["train"], y[train_idx])
 
     def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
         """``function`` of the features of one part of the split (a window at a time when streamed)."""
