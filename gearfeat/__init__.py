@@ -29,6 +29,7 @@ import_tensorflow()  # before anything else imports it: its C++ start-up log lin
 # isort: off
 from .features import layers  # noqa: E402,F401  registers the Lambda functions saved models refer to
 from .data.dataset import SplitConfig  # noqa: E402
+from .features.augment import AugmentConfig  # noqa: E402
 from .features.backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
 from .features.extractor import ExtractorConfig, extract_dataset as extract  # noqa: E402
 from .models.baseline import load_baseline  # noqa: E402
@@ -44,6 +45,6 @@ from .workflows.train import train  # noqa: E402
 from .outputs.report import write_report  # noqa: E402
 # isort: on
 
-__all__ = ["__version__", "DenseHead", "ExtractorConfig", "SearchSpace", "SplitConfig", "create_backbone", "export", "extract",
+__all__ = ["__version__", "AugmentConfig", "DenseHead", "ExtractorConfig", "SearchSpace", "SplitConfig", "create_backbone", "export", "extract",
            "finetune", "image_features", "list_backbones", "load_baseline", "load_model", "predict",
            "register_backbone", "search", "train", "train_cnn", "write_report"]

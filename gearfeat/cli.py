@@ -110,6 +110,24 @@ def add_split_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
 
 
+def add_augment_options(parser: argparse.ArgumentParser) -> None:
+    """The cached augmented views (``extract``, ``train``, ``search``)."""
+    from .features.augment import DEFAULT_AUGMENT
+    g = parser.add_argument_group("augmented views")
+    g.add_argument("--augment-views", type=int, default=0, metavar="K",
+                   help="also run K augmented views of every training image through the backbone once and cache them; "
+                        "the head trains on them too (default 0: none; not with a streamed --memory-budget)")
+    g.add_argument("--augment", default=DEFAULT_AUGMENT, metavar="SPEC",
+                   help=f"the views' augmentation, in the vocabulary of `gearfeat cnn --augment` "
+                        f"(default {DEFAULT_AUGMENT})")
+    g.add_argument("--augment-seed", type=int, default=0, help="seed of the views (default 0)")
+
+
+def augment_config(args: argparse.Namespace):
+    from .features.augment import AugmentConfig
+    return AugmentConfig(views=args.augment_views, spec=args.augment, seed=args.augment_seed)
+
+
 def add_head_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("dense head")
     g.add_argument("--hidden", type=_int_list, default=(256,), help="hidden layer sizes, e.g. 512,128 or '' (none)")
@@ -191,11 +209,16 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from .data.dataset import SplitConfig
     from .features.extractor import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), labels=label_file(args),
                                  cache_dir=args.cache_dir, batch_size=args.batch_size_extract,
-                                 backend=args.backend, address=args.address, progress=not args.no_progress)
+                                 backend=args.backend, address=args.address, progress=not args.no_progress,
+                                 augment=augment_config(args),
+                                 split=SplitConfig(args.val_fraction, args.test_fraction, args.seed))
     print(extraction.cache_path)
+    if extraction.views is not None:
+        print(extraction.views.cache_path)
     return EXIT_SKIPPED if extraction.skipped else EXIT_OK
 
 
@@ -207,7 +230,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     n_trials=args.trials,
                     jobs=args.jobs, backend=args.backend, address=args.address, config=extractor_config(args),
                     split=SplitConfig(args.val_fraction, args.test_fraction, args.seed),
-                    cache_dir=args.cache_dir, memory_budget=args.memory_budget, progress=not args.no_progress)
+                    cache_dir=args.cache_dir, memory_budget=args.memory_budget, augment=augment_config(args),
+                    progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -228,7 +252,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    head=dense_head(args),
                    split=SplitConfig(args.val_fraction, args.test_fraction, args.seed), baseline=args.baseline,
                    baseline_c=args.baseline_c, cache_dir=args.cache_dir, backend=args.backend,
-                   address=args.address, memory_budget=args.memory_budget, progress=not args.no_progress)
+                   address=args.address, memory_budget=args.memory_budget, augment=augment_config(args),
+                   progress=not args.no_progress)
     print(result.run_dir / "model.h5")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
 
@@ -329,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_options(p)
     p.add_argument("--batch-size-extract", type=_positive_int, default=None,
                    help="images per backbone batch (default 16; the features do not depend on it)")
+    add_augment_options(p)
+    add_split_options(p)  # the views are of the training images: those of the split train and search make
     p.set_defaults(run=cmd_extract)
 
     p = sub.add_parser("train", help="extract (or reuse) features, train head and baseline, save model.h5")
@@ -339,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_options(p)
     add_head_options(p)
     add_memory_option(p)
+    add_augment_options(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("search", help="try many heads on the cached features in parallel; the best becomes "
@@ -365,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None,
                    help="dask: the scheduler address (tcp://host:8786); ray: the cluster (default 'auto')")
     add_memory_option(p)
+    add_augment_options(p)
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("predict", help="classify images with a saved model")
@@ -412,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the drawing, the split and the training")
     p.set_defaults(run=cmd_demo, backbone=DEMO_CONFIG.backbone, image_size=DEMO_CONFIG.image_size, cache_dir=None)
 
-    from .models.architecture import DEFAULT_AUGMENT, DEFAULT_LAYERS, list_layers
+    from .features.augment import DEFAULT_AUGMENT, list_layers
+    from .models.architecture import DEFAULT_LAYERS
     p = sub.add_parser("cnn", help="train a CNN from scratch on the images, save model.h5",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="layers: " + ", ".join(t.usage() for t in list_layers(augment=False))

@@ -170,8 +170,8 @@ def test_registering_a_layer_makes_it_usable():
         model = build_cnn(3, 32, "conv:8,leaky:0.2,gap", "none")
         assert model.layers[3].negative_slope == pytest.approx(0.2)
     finally:
-        from gearfeat.models import architecture
-        del architecture._LAYERS["leaky"]
+        from gearfeat.features import augment
+        del augment._LAYERS["leaky"]
 
 
 def test_cli_cnn_time_limit_and_skipped_files(shapes_dir, tmp_path, capsys):

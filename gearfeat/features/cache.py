@@ -92,17 +92,18 @@ class FeatureCache:
 
     # ----------------------------------------------------------------- locating and locking
     @staticmethod
-    def path_for(cache_dir: str | os.PathLike, attrs: Mapping[str, object]) -> Path:
-        """The cache file for these attributes: ``CACHE_DIR/<backbone>-<fingerprint>.h5``."""
-        return Path(cache_dir) / f"{attrs.get('backbone', 'features')}-{fingerprint(attrs)}.h5"
+    def path_for(cache_dir: str | os.PathLike, attrs: Mapping[str, object], *, stem: str | None = None) -> Path:
+        """The cache file for these attributes: ``CACHE_DIR/<stem>-<fingerprint>.h5``, the stem by default the
+        backbone's name (the augmented views' file: ``<backbone>-views``)."""
+        return Path(cache_dir) / f"{stem or attrs.get('backbone', 'features')}-{fingerprint(attrs)}.h5"
 
     @classmethod
     @contextmanager
-    def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *,
-             write: bool = True) -> Iterator["FeatureCache"]:
+    def open(cls, cache_dir: str | os.PathLike, attrs: Mapping[str, object], *, write: bool = True,
+             stem: str | None = None) -> Iterator["FeatureCache"]:
         """Lock (exclusive for writers, shared for readers), check the structure of a cache file and load its
-        keys and digests (not its features: see :meth:`verify`)."""
-        path = cls.path_for(cache_dir, attrs)
+        keys and digests (not its features: see :meth:`verify`). ``stem``: see :meth:`path_for`."""
+        path = cls.path_for(cache_dir, attrs, stem=stem)
         with _locked(path, write=write):
             cache = cls(path, attrs)
             cache._load()

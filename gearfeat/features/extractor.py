@@ -26,9 +26,10 @@ import tensorflow as tf
 from .._internal.errors import GearfeatError, ImageError, is_int, is_real
 from .._internal.progress import Progress
 from .._version import __version__
-from ..data.dataset import Dataset, Skipped, scan_dataset, write_skipped
+from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
 from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image, decoded_batches
 from ..data.labels import LabelFile
+from .augment import AugmentConfig, augmenter as augmenter_of, view_key
 from .backbones import create_backbone, get_spec, parse_weights, weights_identity
 from .cache import FeatureCache, FeatureRows
 from .layers import PREPROCESSING_VERSION, preprocess_images, resize_images
@@ -113,6 +114,7 @@ class Extraction:
     seconds: float
     skipped: list[Skipped] = field(default_factory=list)
     extractor: "FeatureExtractor | None" = None
+    views: "ViewExtraction | None" = None  #: the augmented views of the training images, when asked for
 
     _features: np.ndarray | None = field(default=None, init=False)
 
@@ -127,6 +129,32 @@ class Extraction:
         return (f"Extraction(features={self.rows.shape}, cache_path={str(self.cache_path)!r}, "
                 f"computed={self.computed}, reused={self.reused}, skipped={len(self.skipped)}, "
                 f"seconds={self.seconds:.1f})")
+
+
+@dataclass(repr=False)
+class ViewExtraction:
+    """The result of :meth:`FeatureExtractor.extract_views`: ``rows``, the cached features of the augmented
+    views, read on demand; row ``j`` is view ``views[j]`` of the record ``owners[j]`` of the dataset."""
+
+    rows: FeatureRows
+    owners: np.ndarray
+    views: np.ndarray
+    config: AugmentConfig
+    cache_path: Path
+    computed: int
+    reused: int
+    seconds: float
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """What run.json's ``views`` records: the settings, the rows, what was computed and the time."""
+        return {**self.config.to_dict(), "rows": int(len(self.owners)), "images": int(len(np.unique(self.owners))),
+                "computed": self.computed, "reused": self.reused, "seconds": self.seconds,
+                "cache": str(Path(self.cache_path).resolve())}
+
+    def __repr__(self) -> str:
+        return (f"ViewExtraction(rows={self.rows.shape}, views={self.config.views}, spec={self.config.spec!r}, "
+                f"computed={self.computed}, reused={self.reused}, seconds={self.seconds:.1f})")
 
 
 class FeatureExtractor:
@@ -212,18 +240,65 @@ class FeatureExtractor:
         """
         start = time.perf_counter()
         with FeatureCache.open(cache_dir, self.config.cache_attrs()) as cache:
-            for attempt in (1, 2):
+            def fill() -> tuple[int, list[Skipped], list[str]]:
                 computed, failed = self._fill(dataset, cache, client)
-                kept = dataset.without(failed)
-                rows = cache.rows(kept.hashes)
-                if cache.verify(np.unique(rows)):  # else moved aside: this cache is empty now
-                    break
-                if attempt == 2:
-                    raise GearfeatError(f"cache {cache.path} fails verification right after it was written; "
-                                        "check the disk, or pass another --cache-dir")
+                return computed, failed, dataset.without(failed).hashes
+
+            computed, failed, rows = _filled_and_verified(cache, fill)
+            kept = dataset.without(failed)
             return Extraction(cache.view(rows), kept, cache.path, computed=computed,
                               reused=len(kept.records) - computed, seconds=time.perf_counter() - start,
                               skipped=failed, extractor=self)
+
+    def extract_views(self, dataset: Dataset, indexes: np.ndarray, augment: AugmentConfig,
+                      cache_dir: str | os.PathLike = "cache") -> ViewExtraction:
+        """The features of views ``0 .. augment.views - 1`` of the records ``indexes`` of ``dataset`` (the
+        training split), computing only those the views cache lacks.
+
+        The views cache is its own file, ``<backbone>-views-<fingerprint>.h5`` beside the plain one; its
+        fingerprint covers the extractor's settings, the augmentation spec and its seed, and its rows are keyed by
+        (image sha256, view index) (:func:`~gearfeat.features.augment.view_key`): a re-run computes nothing, more
+        views compute only the new indexes, another spec or seed is another file. Views run in this process
+        (not on a cluster). A file that cannot be read now (changed since the scan) loses its views, listed
+        in ``skipped``.
+        """
+        if not isinstance(augment, AugmentConfig):
+            raise GearfeatError(f"augment must be an AugmentConfig, got {augment!r:.60}")
+        start = time.perf_counter()
+        indexes = np.asarray(indexes, np.int64)
+        owners, views = np.repeat(indexes, augment.views), np.tile(np.arange(augment.views), len(indexes))
+        records = [dataset.records[i] for i in owners]
+        keys = [view_key(r.sha256, int(v)) for r, v in zip(records, views)]
+        augmenter = augmenter_of(augment)
+        size = self.config.image_size
+        attrs = {**self.config.cache_attrs(), **augment.cache_attrs()}
+        with FeatureCache.open(cache_dir, attrs, stem=f"{self.config.backbone}-views") as cache:
+            def fill() -> tuple[int, list[Skipped], list[str]]:
+                todo: dict[str, int] = {}  # key -> position in owners: each view once, also of identical files
+                for j, (key, known) in enumerate(zip(keys, (cache.find(keys) >= 0).tolist())):
+                    if not known:
+                        todo.setdefault(key, j)
+                at = list(todo.values())
+                paths = [str(records[j].path) for j in at]
+
+                def load(i: int) -> np.ndarray:
+                    record = records[at[i]]
+                    image = load_checked_image(paths[i], record.sha256, size)
+                    return augmenter.view(image, record.sha256, int(views[at[i]]))
+
+                failed = self._stream(cache, list(todo), [f"{p}#view{int(views[j])}" for p, j in zip(paths, at)],
+                                      [dataset.class_names[records[j].label] for j in at], load,
+                                      desc=f"views {self.config.backbone}")
+                lost = {item.path for item in failed}
+                kept = [k for k, r in zip(keys, records) if str(r.path) not in lost]
+                return len(at) - len(failed), failed, kept
+
+            computed, failed, rows = _filled_and_verified(cache, fill)
+            lost = {item.path for item in failed}
+            keep = np.array([str(r.path) not in lost for r in records], bool)
+            return ViewExtraction(cache.view(rows), owners[keep], views[keep], augment, cache.path,
+                                  computed=computed, reused=int(keep.sum()) - computed,
+                                  seconds=time.perf_counter() - start, skipped=failed)
 
     def _fill(self, dataset: Dataset, cache: FeatureCache, client) -> tuple[int, list[Skipped]]:
         """Extract the images of ``dataset`` that ``cache`` lacks into it: (images computed, files skipped)."""
@@ -331,6 +406,21 @@ class FeatureExtractor:
                 yield ok, np.stack(images)
 
 
+def _filled_and_verified(cache: FeatureCache, fill: Callable[[], tuple[int, list[Skipped], list[str]]]
+                         ) -> tuple[int, list[Skipped], np.ndarray]:
+    """Run ``fill`` (rows computed, files skipped, the keys wanted), then check the wanted rows against their
+    digests; a damaged file is moved aside by the check and filled once more. Returns the rows of the keys."""
+    for attempt in (1, 2):
+        computed, failed, keys = fill()
+        rows = cache.rows(keys)
+        if cache.verify(np.unique(rows)):  # else moved aside: this cache is empty now
+            break
+        if attempt == 2:
+            raise GearfeatError(f"cache {cache.path} fails verification right after it was written; "
+                                "check the disk, or pass another --cache-dir")
+    return computed, failed, rows
+
+
 def load_checked_image(path: str, sha256: str, size: int) -> np.ndarray:
     """The standardized image of the file at ``path``, whose bytes must still hash to ``sha256``."""
     try:
@@ -357,9 +447,14 @@ def _copies_of_failed(dataset: Dataset, first: dict[str, str], failed: list[Skip
 def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
                     labels: str | os.PathLike | LabelFile | None = None, cache_dir: str | os.PathLike = "cache",
                     batch_size: int | None = None, progress: bool = True, backend: str = "local",
-                    address: str | None = None) -> Extraction:
+                    address: str | None = None, augment: AugmentConfig | None = None,
+                    split: SplitConfig | None = None) -> Extraction:
     """Scan ``data_dir`` (its class folders, or the files the CSV ``labels`` names), fill the cache for it and
     return the features (the ``gearfeat extract`` command).
+
+    ``augment`` with ``views`` > 0 also fills the views cache with the augmented views of the training images
+    of ``split`` (default :class:`SplitConfig`), as ``train`` and ``search`` with the same settings use them
+    (:func:`add_views`; ``Extraction.views``).
 
     ``backend="dask"`` runs the backbone pass on the workers of the dask.distributed scheduler at ``address``
     (see :mod:`gearfeat.features.distributed`); it is connected to before the scan. The files left out are
@@ -378,4 +473,23 @@ def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
         logger.warning(f"skipped {item.path}: {item.reason}")
     logger.info(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} "
                 f"reused, {len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
+    if augment is not None and augment.views:
+        split = split or SplitConfig()
+        parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction,
+                              test_fraction=split.test_fraction, seed=split.seed)
+        add_views(extraction, parts["train"], augment, cache_dir)
     return extraction
+
+
+def add_views(extraction: Extraction, train_idx: np.ndarray, augment: AugmentConfig,
+              cache_dir: str | os.PathLike = "cache") -> ViewExtraction:
+    """Extract (or reuse) the augmented views of the training records ``train_idx`` of ``extraction``'s dataset
+    into ``extraction.views``, and log what it took."""
+    views = extraction.extractor.extract_views(extraction.dataset, train_idx, augment, cache_dir)
+    for item in views.skipped:
+        logger.warning(f"no views of {item.path}: {item.reason}")
+    logger.info(f"views cache {views.cache_path}: {augment.views} views ({augment.spec}, seed {augment.seed}) of "
+                f"{len(train_idx)} training images, {views.computed} rows computed, {views.reused} reused "
+                f"({views.seconds:.1f} s)")
+    extraction.views = views
+    return views

@@ -285,7 +285,7 @@ def _methods_train(run: Run) -> str:
             f"to {ex.get('image_size')} px and resized inside the model to {ex.get('backbone_size')} px for "
             f"the backbone. Features of {record.n_images} images were cached "
             f"({record.images_computed} computed in this run, {record.images_reused} reused "
-            f"from the cache).\n\n"
+            f"from the cache).{_views_text(record.views)}\n\n"
             f"Dense head: hidden layers {head.get('hidden')}, dropout {head.get('dropout')}, L2 {head.get('l2')}, "
             f"batch normalization {'on' if head.get('batch_norm') else 'off'}; Adam with learning rate "
             f"{head.get('learning_rate')}, batch size {head.get('batch_size')}, at most {head.get('epochs')} "
@@ -298,6 +298,18 @@ def _methods_train(run: Run) -> str:
                  f"model; its class probabilities on test images differ from the head's on cached features by "
                  f"at most {delta:.1e}.")
     return text
+
+
+def _views_text(views: dict | None) -> str:
+    """The sentence on the cached augmented views of a train or search run ("" without views)."""
+    if not views:
+        return ""
+    return (f" Besides the plain images, {views.get('views')} augmented views of each of the {views.get('images')} "
+            f"training images (`{views.get('spec')}`, seed {views.get('seed')}) were run through the backbone and "
+            f"cached: {views.get('rows')} view rows ({views.get('computed')} computed in this run, "
+            f"{views.get('reused')} reused). The dense head trained on the plain and view rows of the training "
+            f"split, the baseline on {'both' if views.get('baseline') else 'the plain rows only'}; validation and "
+            "test used plain images only.")
 
 
 def _methods_finetune(run: Run) -> str:

@@ -176,6 +176,7 @@ class RunRecord:
     images_reused: int | None = None
     features: dict[str, Any] | None = None  # train, search: in memory or streamed from the cache, and the budget
     search: dict[str, Any] | None = None  # search: the space, trials, backend and winner
+    views: dict[str, Any] | None = None  # train, search: the cached augmented views (None: none, or an older run)
     fit: dict[str, Any] | None = None  # cnn, finetune: the FitConfig
     stopped_by: str | None = None
     layers: str | None = None  # cnn: the architecture and augmentation specs, the parameter count
@@ -219,7 +220,8 @@ class RunRecord:
         for name in _fields_of(command):
             value = payload.get(name)
             if value is None:
-                if name not in ("labels", "features"):  # null: no label file; a run from before memory budgets
+                if name not in ("labels", "features", "views"):  # null: no label file; a run from before memory
+                    # budgets; no augmented views, or a run from before them
                     raise GearfeatError(f"{path} has no {name} (the file was edited, or written by an "
                                         "unfinished run); run the command again")
                 continue
@@ -241,7 +243,8 @@ class RunRecord:
         return run.write_json(RUN_FILE, self.to_json())
 
 
-_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline_c", "images_computed", "images_reused", "features")
+_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline_c", "images_computed", "images_reused", "features",
+                    "views")
 _FIT_FIELDS = ("fit", "stopped_by")
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "train": _TRANSFER_FIELDS,

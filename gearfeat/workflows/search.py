@@ -32,6 +32,7 @@ import numpy as np
 from .._internal.system import memory_budget as memory_budget_of, size_text
 from ..data.dataset import Skipped, SplitConfig, split_dataset
 from ..data.labels import LabelFile
+from ..features.augment import AugmentConfig
 from ..features.cache import FeatureRows
 from ..features.extractor import ExtractorConfig, extract_dataset
 from ..models.heads import DenseHead
@@ -40,7 +41,7 @@ from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
 from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
 from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
-from .transfer import check_settings, fit_and_save
+from .transfer import check_settings, fit_and_save, training_rows, training_views
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
            jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None,
-           progress: bool = True) -> SearchResult:
+           augment: AugmentConfig | None = None, progress: bool = True) -> SearchResult:
     """Extract (or reuse) features, try ``n_trials`` configurations of ``space`` on the validation split, then
     keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
     tried) and write the run folder like ``gearfeat train``.
@@ -90,12 +91,15 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     bytes are written once, a window at a time, to ``.npy`` files beside the cache (removed at the end) and the
     trials get them memory-mapped (loky's workers map the same files; the in-process backend's heads still copy
     their training rows into TensorFlow); the winner is finished as ``train`` finishes an over-budget run.
+
+    ``augment`` (an :class:`AugmentConfig` with ``views`` > 0): every trial trains on the plain and the cached
+    augmented rows of the training split, and is scored on plain validation images (as ``train``).
     """
     started = time.perf_counter()
     space = parse_space(space)
     config = config or ExtractorConfig()
     split = split or SplitConfig()
-    check_settings(config=config, split=split)
+    check_settings(config=config, split=split, augment=augment)
     n_trials = None if n_trials == "all" else n_trials  # as --trials all
     configurations = space.configurations(n_trials, seed=split.seed)
     backend = backend or DEFAULT_BACKEND
@@ -108,9 +112,11 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     rows, y = extraction.rows, extraction.dataset.labels
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
+    training_views(extraction, parts, augment, budget=budget, cache_dir=cache_dir)
     t0 = time.perf_counter()
     with _trial_arrays(rows, parts, extraction.cache_path, budget) as (X_train, X_val):
-        found = run_trials(configurations, X_train, y[parts["train"]], X_val, y[parts["val"]],
+        X_train, y_train = training_rows(extraction, parts["train"], X_train)
+        found = run_trials(configurations, X_train, y_train, X_val, y[parts["val"]],
                            n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
                            backend=backend, address=address, progress=progress)
     search_seconds = time.perf_counter() - t0

@@ -11,11 +11,12 @@ from sklearn.pipeline import Pipeline
 from .._internal.system import memory_budget as memory_budget_of
 from ..data.dataset import SplitConfig, split_dataset
 from ..data.labels import LabelFile
+from ..features.augment import AugmentConfig
 from ..features.extractor import Extraction, ExtractorConfig, extract_dataset
 from ..models.baseline import check_baseline
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
-from .transfer import check_settings, fit_and_save
+from .transfer import check_settings, fit_and_save, training_views
 
 
 @dataclass(repr=False)
@@ -41,7 +42,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
           head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
           baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", backend: str = "local",
           address: str | None = None, memory_budget: str | int | None = None,
-          progress: bool = True) -> TrainResult:
+          augment: AugmentConfig | None = None, progress: bool = True) -> TrainResult:
     """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
 
     ``data_dir`` has one sub-folder per class, or ``labels`` (a CSV file, or a :class:`LabelFile` naming its
@@ -52,12 +53,15 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     and ``address`` run the extraction on a dask.distributed cluster (see :func:`extract_dataset`).
     ``memory_budget`` (e.g. ``"2GB"``; default a quarter of the RAM): above it the split's features are streamed
     from the cache instead of loaded (see :func:`~gearfeat.workflows.transfer.fit_and_save`).
+    ``augment`` (an :class:`AugmentConfig` with ``views`` > 0): the head also trains on that many cached augmented
+    views of every training image (``--augment-views``; refused over the memory budget).
     """
     started = time.perf_counter()
     config = config or ExtractorConfig()
     head = head or DenseHead()
     split = split or SplitConfig()
-    check_settings(config=config, split=split, head=head)  # before the extraction, which can take minutes
+    # before the extraction, which can take minutes
+    check_settings(config=config, split=split, head=head, augment=augment)
     check_baseline(baseline, baseline_c)
     budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True)
@@ -65,6 +69,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
                                  address=address, progress=progress)
     parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
                           seed=split.seed)
+    training_views(extraction, parts, augment, budget=budget, cache_dir=cache_dir)
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
                           baseline_c=baseline_c, started=started, memory_budget=budget)
     return TrainResult(run.path, fitted.metrics, extraction, fitted.head, fitted.baseline, extraction.skipped)
