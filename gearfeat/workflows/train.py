@@ -14,7 +14,7 @@ from ..data.dataset import SplitConfig, split_dataset
 from ..data.labels import LabelFile
 from ..features.extractor import Extraction, ExtractorConfig, extract_dataset
 from ..models.baseline import check_baseline
-from ..models.heads import DenseHead
+from ..models.heads import DenseHead, Head
 from ..outputs.runs import RunDir
 from .transfer import check_settings, fit_and_save
 
@@ -27,7 +27,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict
     extraction: Extraction
-    head: DenseHead
+    head: Head
     baseline: Pipeline
     skipped: list = field(default_factory=list)
 
@@ -39,7 +39,7 @@ class TrainResult:
 
 def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
           labels: str | os.PathLike | LabelFile | None = None, config: ExtractorConfig | None = None,
-          head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
+          head: Head | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
           baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", backend: str = "local",
           address: str | None = None, memory_budget: str | int | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:

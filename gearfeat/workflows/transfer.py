@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
-from sklearn.utils.validation import check_is_fitted
 
-from .._internal.errors import GearfeatError
+from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
 from .._internal.system import machine_summary, memory_budget as memory_budget_of, size_text
 from ..data.dataset import Dataset, SplitConfig, write_skipped
@@ -22,7 +21,7 @@ from ..data.images import load_image
 from ..features.cache import FeatureRows
 from ..features.extractor import Extraction, ExtractorConfig
 from ..models.baseline import BASELINE_FILE, fit_streamed_baseline, make_baseline
-from ..models.heads import DenseHead
+from ..models.heads import Head, check_head
 from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
@@ -42,29 +41,31 @@ class FittedRun:
     """What :func:`fit_and_save` fitted and measured: the metrics, the head and the baseline."""
 
     metrics: dict
-    head: DenseHead
+    head: Head
     baseline: Pipeline
 
 
-def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHead | None = None) -> None:
-    """Raise a GearfeatError naming the first setting of a run that is of the wrong kind or invalid."""
-    for name, value, kind in (("config", config, ExtractorConfig), ("split", split, SplitConfig),
-                              ("head", head, DenseHead)):
-        if not isinstance(value, kind) and not (name == "head" and value is None):
+def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: Head | None = None) -> None:
+    """Raise a GearfeatError naming the first setting of a run that is of the wrong kind or invalid (a head that
+    lacks a member of the :class:`~gearfeat.models.heads.Head` protocol, or a bad head parameter)."""
+    for name, value, kind in (("config", config, ExtractorConfig), ("split", split, SplitConfig)):
+        if not isinstance(value, kind):
             raise GearfeatError(f"{name} must be an instance of {kind.__name__}, got {value!r:.60}")
     if head is not None:
+        check_head(head)
         head.validate()
     split.check_for_training()
 
 
-def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
+def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: Head,
                  split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", search: dict | None = None,
                  fitted: bool = False, memory_budget: int | None = None,
                  log: Callable[[str], None] = print) -> FittedRun:
     """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
     seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
-    stitch, and write the run folder.
+    stitch, and write the run folder. ``head`` is any :class:`~gearfeat.models.heads.Head` (a
+    :class:`~gearfeat.models.heads.StreamingHead` where the split is streamed).
 
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
@@ -73,7 +74,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
 
     Only the rows of the split are read from the cache. When they hold more than ``memory_budget`` bytes
     (default: :func:`~gearfeat._internal.system.memory_budget`), nothing is loaded whole: the head trains on
-    windows streamed from the HDF5 file (:meth:`DenseHead.fit_streamed`), the baseline is the streamed SGD
+    windows streamed from the HDF5 file (its ``fit_streamed``), the baseline is the streamed SGD
     logistic regression (:func:`~gearfeat.models.baseline.fit_streamed_baseline`) whatever ``baseline`` says, and
     predictions are made a window at a time. The log and ``run.json``'s ``features`` say which path was taken.
     """
@@ -95,22 +96,27 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         """``function`` of the features of one part of the split (a window at a time when streamed)."""
         return _in_windows(rows, parts[part], function, window) if streamed else function(X_parts[part])
 
+    check_head(head, streamed=streamed and not fitted, fitted=fitted)
     t0 = time.perf_counter()
     if fitted:
-        check_is_fitted(head, "model_")
         if head.seed != split.seed:
             raise GearfeatError(f"the fitted head was trained with seed {head.seed}, not the run's {split.seed}")
     else:
         if head.seed not in (0, split.seed):
             warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
                           "seeds the split and the training)", stacklevel=3)  # the line that called train or search
-        head = clone(head).set_params(seed=split.seed)
+        try:
+            head = clone(head).set_params(seed=split.seed)
+        except (TypeError, RuntimeError) as exc:  # what clone raises for get_params that do not round-trip
+            raise GearfeatError(f"head {type(head).__name__} cannot be cloned by scikit-learn: "
+                                f"{first_line(exc)}") from None
         classes = range(len(dataset.class_names))
         if streamed:
             head.fit_streamed(rows, train_idx, y[train_idx], validation=(val_idx, y[val_idx]), classes=classes,
                               window_bytes=window)
         else:
             head.fit(X_parts["train"], y[train_idx], validation_data=(X_parts["val"], y[val_idx]), classes=classes)
+        check_head(head, fitted=True)
     head_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     if streamed:
@@ -138,7 +144,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     metrics = {
         "test_accuracy": head_metrics["accuracy"],
         "baseline_test_accuracy": float(np.mean(base_pred == y[test_idx])),
-        "val_accuracy": float(np.mean(apply(head.predict, "val") == y[val_idx])),
+        "val_accuracy": float(np.mean(apply(head.predict_proba, "val").argmax(axis=1) == y[val_idx])),
         "per_class": head_metrics["per_class"],
         "baseline": baseline,
         "stitched_vs_head_max_abs_diff": stitch_delta,
