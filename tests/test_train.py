@@ -97,6 +97,9 @@ def test_baseline_joblib_is_verified_before_loading(run, tmp_path):
     import gearfeat
     baseline = gearfeat.load_baseline(run.run_dir)
     assert baseline.predict(np.zeros((1, 1280), np.float32)).shape == (1,)
+    record = json.loads((run.run_dir / "run.json").read_text())  # the named baseline, by class and parameters
+    assert record["baseline"] == "StandardScaler() + LogisticRegression(max_iter=3000, random_state=1)"
+    assert run.metrics["baseline"] == "logreg"
     import shutil
     copy = RunDir(shutil.copytree(run.run_dir, tmp_path / "copy"))
     (copy / "baseline.joblib").write_bytes((copy / "baseline.joblib").read_bytes() + b"\x00")
@@ -349,3 +352,43 @@ def test_a_head_missing_part_of_the_protocol_is_one_error_naming_what_is_missing
                                             r"streamed from the cache needs .*fit_streamed"):
         train(shapes_dir, tmp_path / "run", config=tiny_config(), head=SoftmaxHead(), cache_dir=tmp_path / "cache",
               memory_budget="10kB", progress=False, log=lambda m: None)
+
+
+def test_a_scikit_learn_classifier_is_the_baseline_cloned_recorded_and_verified(shapes_dir, tmp_path):
+    import gearfeat
+    from sklearn.neighbors import KNeighborsClassifier
+    mine = KNeighborsClassifier(n_neighbors=3)
+    lines = []
+    result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(8,), epochs=2),
+                   baseline=mine, cache_dir=tmp_path / "cache", progress=False, log=lines.append)
+    assert not hasattr(mine, "classes_") and type(result.baseline) is KNeighborsClassifier  # fitted as a clone
+    assert result.baseline is not mine and result.baseline.n_neighbors == 3
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["baseline"] == "KNeighborsClassifier(n_neighbors=3)" == result.metrics["baseline"]
+    assert record["features"]["baseline"] == "KNeighborsClassifier(n_neighbors=3)"
+    assert any("(baseline KNeighborsClassifier(n_neighbors=3): " in line for line in lines), lines
+    loaded = gearfeat.load_baseline(result.run_dir)  # checked against manifest.json first
+    X = result.extraction.features[:6]
+    assert type(loaded) is KNeighborsClassifier and list(loaded.predict(X)) == list(result.baseline.predict(X))
+    (result.run_dir / "baseline.joblib").write_bytes((result.run_dir / "baseline.joblib").read_bytes() + b"\x00")
+    with pytest.raises(GearfeatError, match="sha256 does not match"):
+        gearfeat.load_baseline(result.run_dir)
+
+
+@pytest.mark.parametrize("baseline, message", [
+    ("StandardScaler", r"baseline StandardScaler\(\) is not a scikit-learn classifier \(it has no predict\); "
+                       r"choose one of: logreg, linear_svc, svc, or pass a scikit-learn classifier"),
+    ("LogisticRegression", r"baseline <class '.*LogisticRegression'> is not a scikit-learn classifier \(a class: "
+                           r"pass an instance of it\)"),
+    ("number", r"baseline 3 is not a scikit-learn classifier \(it has no fit or predict\)"),
+    ("regressor", r"baseline LinearRegression\(\) is not a scikit-learn classifier \(it is not a classifier\)"),
+    ("C", r"baseline C=0.5 sets the C of a named baseline; set it on the estimator LogisticRegression\(C=2\) instead"),
+])
+def test_a_baseline_that_is_no_classifier_is_one_line_naming_it(shapes_dir, tmp_path, baseline, message):
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    value, c = {"StandardScaler": (StandardScaler(), 1.0), "LogisticRegression": (LogisticRegression, 1.0),
+                "number": (3, 1.0), "regressor": (LinearRegression(), 1.0), "C": (LogisticRegression(C=2), 0.5)}[baseline]
+    with pytest.raises(GearfeatError, match=f"^{message}") as info:
+        train(shapes_dir, tmp_path / "run", baseline=value, baseline_c=c, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator, clone
 
 from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
@@ -20,7 +19,8 @@ from ..data.dataset import Dataset, SplitConfig, write_skipped
 from ..data.images import load_image
 from ..features.cache import FeatureRows
 from ..features.extractor import Extraction, ExtractorConfig
-from ..models.baseline import BASELINE_FILE, fit_streamed_baseline, make_baseline
+from ..models.baseline import (BASELINE_FILE, Baseline, baseline_name, describe_estimator, fit_streamed_baseline,
+                               make_baseline)
 from ..models.heads import Head, check_head
 from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
@@ -36,13 +36,110 @@ STITCH_TOLERANCE = 1e-4  # largest difference of probabilities between the stitc
 STREAM_WINDOW_BYTES = 32 << 20  # the most feature bytes a streamed run reads at once (a quarter of a smaller budget)
 
 
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class SplitFeatures:
+    """The features of a transfer run's parts ("train", "val", "test") and their ``labels``: arrays in memory
+    (``arrays``), or else the records ``indexes`` of the cache view ``rows``, read ``window_bytes`` at a time."""
+
+    labels: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray] | None = None
+    rows: FeatureRows | None = None
+    indexes: dict[str, np.ndarray] | None = None
+    window_bytes: int = STREAM_WINDOW_BYTES
+
+    @property
+    def streamed(self) -> bool:
+        """True when the features are read from the cache a window at a time, not held in memory."""
+        return self.arrays is None
+
+    def apply(self, function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
+        """``function`` of the features of one part (a window at a time when streamed; ``function`` must treat
+        rows independently, as predictions do)."""
+        if self.streamed:
+            return _in_windows(self.rows, self.indexes[part], function, self.window_bytes)
+        return function(self.arrays[part])
+
+
+@dataclass(repr=False)
+class FittedModels:
+    """What :func:`fit_models` trained: the head, the baseline, the baseline's name (what ran) and the seconds."""
+
+    head: Head
+    baseline: BaseEstimator
+    baseline_name: str
+    head_seconds: float
+    baseline_seconds: float
+
+
+def fit_models(features: SplitFeatures, *, head: Head, baseline: Baseline = "logreg", baseline_c: float = 1.0,
+               n_classes: int, seed: int, fitted: bool = False) -> FittedModels:
+    """Train a clone of ``head`` with ``seed`` (unless ``fitted``: used as it is) on the train part, stopping
+    early on the val part, and the baseline on the train part; outputs for the classes ``range(n_classes)``.
+
+    Streamed ``features``: the head's ``fit_streamed`` and the streamed SGD logistic regression
+    (:func:`~gearfeat.models.baseline.fit_streamed_baseline`) in place of ``baseline``.
+    """
+    streamed = features.streamed
+    check_head(head, streamed=streamed and not fitted, fitted=fitted)
+    classes = range(n_classes)
+    y_train, y_val = features.labels["train"], features.labels["val"]
+    t0 = time.perf_counter()
+    if not fitted:
+        try:
+            head = clone(head).set_params(seed=seed)
+        except (TypeError, RuntimeError) as exc:  # what clone raises for get_params that do not round-trip
+            raise GearfeatError(f"head {type(head).__name__} cannot be cloned by scikit-learn: "
+                                f"{first_line(exc)}") from None
+        if streamed:
+            head.fit_streamed(features.rows, features.indexes["train"], y_train,
+                              validation=(features.indexes["val"], y_val), classes=classes,
+                              window_bytes=features.window_bytes)
+        else:
+            head.fit(features.arrays["train"], y_train, validation_data=(features.arrays["val"], y_val),
+                     classes=classes)
+        check_head(head, fitted=True)
+    head_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if streamed:
+        base = fit_streamed_baseline(
+            lambda epoch: ((X, y_train[at]) for at, X in features.rows.shuffled(
+                features.indexes["train"], seed=seed + epoch, window_bytes=features.window_bytes)),
+            classes, n_rows=len(y_train), C=baseline_c, seed=seed)
+    else:
+        base = make_baseline(baseline, baseline_c, seed=seed).fit(features.arrays["train"], y_train)
+    name = describe_estimator(base) if streamed else baseline_name(baseline)
+    return FittedModels(head, base, name, head_seconds, time.perf_counter() - t0)
+
+
+def score_models(features: SplitFeatures, models: FittedModels,
+                 class_names: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Test the head and the baseline once on the test part: the metrics (``test_accuracy``,
+    ``baseline_test_accuracy``, ``val_accuracy`` of the head, ``per_class`` precision/recall/F1 of the head,
+    ``baseline``: the name of what ran), the head's test probabilities and the baseline's test predictions."""
+    head_proba = features.apply(models.head.predict_proba, "test")
+    base_pred = features.apply(models.baseline.predict, "test")
+    y_test, y_val = features.labels["test"], features.labels["val"]
+    head_metrics = classification_metrics(y_test, head_proba.argmax(axis=1), class_names)
+    metrics = {
+        "test_accuracy": head_metrics["accuracy"],
+        "baseline_test_accuracy": float(np.mean(base_pred == y_test)),
+        "val_accuracy": float(np.mean(features.apply(models.head.predict_proba, "val").argmax(axis=1) == y_val)),
+        "per_class": head_metrics["per_class"],
+        "baseline": models.baseline_name,
+    }
+    return metrics, head_proba, base_pred
+
+
 @dataclass(repr=False)
 class FittedRun:
     """What :func:`fit_and_save` fitted and measured: the metrics, the head and the baseline."""
 
     metrics: dict
     head: Head
-    baseline: Pipeline
+    baseline: BaseEstimator
 
 
 def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: Head | None = None) -> None:
@@ -58,7 +155,7 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: Head | 
 
 
 def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: Head,
-                 split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
+                 split: SplitConfig, baseline: Baseline = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", search: dict | None = None,
                  fitted: bool = False, memory_budget: int | None = None,
                  log: Callable[[str], None] = print) -> FittedRun:
@@ -70,7 +167,10 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
     ``baseline.joblib``, ``skipped.json`` and ``run.json`` (its :class:`~gearfeat.outputs.runs.RunRecord`:
-    ``command``, settings, sizes, wall times, and the ``search`` summary of a search).
+    ``command``, settings, sizes, wall times, and the ``search`` summary of a search). ``baseline`` is a name of
+    :data:`~gearfeat.models.baseline.BASELINES` or a scikit-learn classifier (fitted as a clone);
+    ``metrics.json``'s ``baseline`` names the one that ran, ``run.json``'s ``baseline`` gives its class and
+    parameters.
 
     Only the rows of the split are read from the cache. When they hold more than ``memory_budget`` bytes
     (default: :func:`~gearfeat._internal.system.memory_budget`), nothing is loaded whole: the head trains on
@@ -82,74 +182,39 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     config = extraction.extractor.config
     dataset, rows = extraction.dataset, extraction.rows
     y = dataset.labels
-    train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
+    test_idx = parts["test"]
     budget = memory_budget_of(memory_budget)
-    split_bytes = 4 * rows.dim * sum(len(idx) for idx in (train_idx, val_idx, test_idx))
+    split_bytes = 4 * rows.dim * sum(len(parts[name]) for name in PARTS)
     streamed = split_bytes > budget
-    window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
     path = f"streamed from the cache, budget {size_text(budget)}" if streamed else "in memory"
     log(f"features: {path} ({size_text(split_bytes)} for the split"
-        + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})" if streamed else ")"))
-    X_parts = {} if streamed else {name: rows.read(parts[name]) for name in ("train", "val", "test")}
-
-    def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
-        """``function`` of the features of one part of the split (a window at a time when streamed)."""
-        return _in_windows(rows, parts[part], function, window) if streamed else function(X_parts[part])
-
-    check_head(head, streamed=streamed and not fitted, fitted=fitted)
-    t0 = time.perf_counter()
+        + (f", more than the budget; baseline: SGD logistic regression in place of {baseline_name(baseline)})"
+           if streamed else ")"))
+    labels = {name: y[parts[name]] for name in PARTS}
+    features = (SplitFeatures(labels, rows=rows, indexes=parts, window_bytes=min(STREAM_WINDOW_BYTES,
+                                                                                 max(budget // 4, 1 << 20)))
+                if streamed else SplitFeatures(labels, arrays={name: rows.read(parts[name]) for name in PARTS}))
+    check_head(head, streamed=streamed and not fitted, fitted=fitted)  # before its seed is read
     if fitted:
         if head.seed != split.seed:
             raise GearfeatError(f"the fitted head was trained with seed {head.seed}, not the run's {split.seed}")
-    else:
-        if head.seed not in (0, split.seed):
-            warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
-                          "seeds the split and the training)", stacklevel=3)  # the line that called train or search
-        try:
-            head = clone(head).set_params(seed=split.seed)
-        except (TypeError, RuntimeError) as exc:  # what clone raises for get_params that do not round-trip
-            raise GearfeatError(f"head {type(head).__name__} cannot be cloned by scikit-learn: "
-                                f"{first_line(exc)}") from None
-        classes = range(len(dataset.class_names))
-        if streamed:
-            head.fit_streamed(rows, train_idx, y[train_idx], validation=(val_idx, y[val_idx]), classes=classes,
-                              window_bytes=window)
-        else:
-            head.fit(X_parts["train"], y[train_idx], validation_data=(X_parts["val"], y[val_idx]), classes=classes)
-        check_head(head, fitted=True)
-    head_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if streamed:
-        y_train = y[train_idx]
-        base = fit_streamed_baseline(
-            lambda epoch: ((X, y_train[at]) for at, X in rows.shuffled(train_idx, seed=split.seed + epoch,
-                                                                        window_bytes=window)),
-            range(len(dataset.class_names)), n_rows=len(train_idx), C=baseline_c, seed=split.seed)
-    else:
-        base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X_parts["train"], y[train_idx])
-    baseline_seconds = time.perf_counter() - t0
+    elif head.seed not in (0, split.seed):
+        warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
+                      "seeds the split and the training)", stacklevel=3)  # the line that called train or search
+    models = fit_models(features, head=head, baseline=baseline, baseline_c=baseline_c,
+                        n_classes=len(dataset.class_names), seed=split.seed, fitted=fitted)
+    head, base = models.head, models.baseline
+    names = dataset.class_names
+    scores, head_proba, base_pred = score_models(features, models, names)
 
-    head_proba = apply(head.predict_proba, "test")
-    head_pred = head_proba.argmax(axis=1)
-    base_pred = apply(base.predict, "test")
     model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
     stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
     if stitch_delta > STITCH_TOLERANCE:
         log(f"warning: model.h5 does not reproduce the head on the cached features (probabilities differ by "
             f"{stitch_delta:.2g}, tolerance {STITCH_TOLERANCE:g}): the cache {extraction.cache_path} may hold "
             "features this code would not compute; delete it and run again")
-
-    names = dataset.class_names
-    head_metrics = classification_metrics(y[test_idx], head_pred, names)
-    metrics = {
-        "test_accuracy": head_metrics["accuracy"],
-        "baseline_test_accuracy": float(np.mean(base_pred == y[test_idx])),
-        "val_accuracy": float(np.mean(apply(head.predict_proba, "val").argmax(axis=1) == y[val_idx])),
-        "per_class": head_metrics["per_class"],
-        "baseline": baseline,
-        "stitched_vs_head_max_abs_diff": stitch_delta,
-        "n_test": int(len(test_idx)),
-    }
+    metrics = {**scores, "stitched_vs_head_max_abs_diff": stitch_delta, "n_test": int(len(test_idx))}
+    head_pred = head_proba.argmax(axis=1)
     save_model(model, run / "model.h5", names, image_size=config.image_size, backbone=config.backbone,
                kind="transfer")
     run.record("model.h5")
@@ -171,6 +236,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         image_size=config.image_size,
         cache=str(Path(extraction.cache_path).resolve()),  # usable from any working folder
         head={k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
+        baseline=describe_estimator(base),
         baseline_c=baseline_c,
         best_epoch=head.best_epoch_,
         epochs_run=len(head.history_["loss"]),
@@ -180,15 +246,15 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         n_skipped=len(extraction.skipped),
         images_computed=extraction.computed,
         images_reused=extraction.reused,
-        seconds={"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
+        seconds={"extract": extraction.seconds, "head": models.head_seconds, "baseline": models.baseline_seconds,
                  "total": time.perf_counter() - started},
         features={"path": "streamed" if streamed else "in memory", "memory_budget": budget,
                   "split_bytes": split_bytes,
-                  "baseline": "SGDClassifier(log_loss), partial_fit" if streamed else baseline},
+                  "baseline": "SGDClassifier(log_loss), partial_fit" if streamed else models.baseline_name},
         machine=machine_summary(),
         search=search,
     ).save(run)
-    log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
+    log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {models.baseline_name}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
 
