@@ -6,7 +6,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from gearfeat._internal.errors import GearfeatError, InvalidArgumentError
-from gearfeat.models.heads import DenseHead, _EagerValidation
+from gearfeat.models.heads import DenseHead, _EagerValidation, check_head
 
 
 def _blobs(n_per_class=60, dim=32, classes=3, seed=0):
@@ -236,3 +236,27 @@ def test_baseline_settings_are_named():
                                    ("svc", 1.0, -1, "seed must be an integer from 0 to 4294967295, got -1")):
         with pytest.raises(GearfeatError, match=message):
             make_baseline(kind, C, seed=seed)
+
+
+def test_dense_head_satisfies_the_head_protocol_and_check_head_names_what_a_head_lacks():
+    head = DenseHead(hidden=(4,), epochs=1)
+    check_head(head, streamed=True)
+    with pytest.raises(GearfeatError, match=r"^head DenseHead lacks model_, history_, best_epoch_: a head needs "):
+        check_head(head, fitted=True)  # not fitted yet
+    X, y = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32), np.arange(20) % 2
+    head.fit(X, y, validation_data=(X, y))
+    check_head(head, streamed=True, fitted=True)
+    head.model_ = "weights.h5"
+    with pytest.raises(GearfeatError, match=r"^head DenseHead's model_ is a str, not a Keras model"):
+        check_head(head, fitted=True)
+
+    class Proba:
+        seed, learning_rate = 0, 1e-3
+
+        def predict_proba(self, X):
+            return X
+
+    with pytest.raises(GearfeatError, match=r"^head Proba lacks get_params, set_params, validate, fit: a head needs "
+                                            r"seed, learning_rate, get_params, set_params, validate, fit, "
+                                            r"predict_proba \(see gearfeat.models.heads.Head\)$"):
+        check_head(Proba())

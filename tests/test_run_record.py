@@ -54,6 +54,12 @@ def test_a_record_reads_back_field_for_field_with_only_its_commands_fields(tmp_p
     written = json.loads((tmp_path / "transfer" / RUN_FILE).read_text())
     assert written["image_size"] == 32 and written["labels"] is None and "layers" not in written
     assert RunRecord.load(tmp_path / "transfer") == transfer
+    assert transfer.baseline is None  # a run from before baseline estimators: no name recorded, still read
+    named = RunRecord.from_json({**TRANSFER_V1, "baseline": "KNeighborsClassifier(n_neighbors=3)"})
+    named.save(RunDir(tmp_path / "named", create=True))
+    assert RunRecord.load(tmp_path / "named").baseline == "KNeighborsClassifier(n_neighbors=3)"
+    with pytest.raises(GearfeatError, match=r"run.json is damaged: baseline is 3, not a str; run the command again$"):
+        RunRecord.from_json({**TRANSFER_V1, "baseline": 3})
 
 
 def test_both_shapes_written_before_format_version_are_read(tmp_path):

@@ -77,6 +77,23 @@ def test_a_bad_space_is_rejected_naming_the_parameter_and_value(space, message):
         SearchSpace(space)
 
 
+def test_a_space_takes_scikit_learn_classifiers_as_baselines():
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+    knn = KNeighborsClassifier(n_neighbors=2)
+    space = SearchSpace({"dropout": [0.1], "baseline": ["logreg", knn]})
+    assert space.grids[1] == {"baseline": ["logreg", knn]}  # the estimator itself, for the trials
+    assert space.to_json()[1] == {"baseline": ["logreg", "KNeighborsClassifier(n_neighbors=2)"]}
+    with pytest.raises(GearfeatError, match=r"^search parameter 'baseline': bad value StandardScaler\(\): expected "
+                                            r"one of logreg, linear_svc, svc or a scikit-learn classifier$"):
+        SearchSpace({"baseline": [StandardScaler()]})
+    with pytest.raises(GearfeatError, match=r"^search parameter 'baseline_c' sets the C of the named baselines, but "
+                                            r"the grid also lists the estimator KNeighborsClassifier\(n_neighbors=2\)"):
+        SearchSpace({"baseline": ["svc", knn], "baseline_c": [0.1, 1.0]})
+    with pytest.raises(GearfeatError, match=r"^search parameter 'baseline_c' sets the C"):
+        SearchSpace({"baseline": [knn]}).with_values("baseline_c", [1.0])
+
+
 def test_param_flags_and_space_files(tmp_path):
     assert parse_param("dropout=0.2,0.5") == ("dropout", [0.2, 0.5])
     assert parse_param("hidden=[256],[512,128],[]") == ("hidden", [[256], [512, 128], []])
@@ -462,3 +479,19 @@ def test_cli_search_and_its_one_line_errors(shapes_dir, tmp_path, capsys, monkey
         assert err.startswith(f"gearfeat: error: --address {address!r} is not a dask scheduler address ({reason}")
         assert err.endswith("give one such as tcp://10.0.0.5:8786\n") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # refused before the extraction
+
+
+def test_a_search_keeps_the_best_baseline_estimator_by_its_name(searched, shapes_dir, tmp_path):
+    from sklearn.neighbors import KNeighborsClassifier
+    knn = KNeighborsClassifier(n_neighbors=1)
+    cache = searched[0].run_dir.parent / "cache"  # the features of the searched fixture, reused
+    result = search(shapes_dir, tmp_path / "run", space={"hidden": [[]], "epochs": [1], "baseline": [knn]},
+                    n_trials=None, jobs=1, config=tiny_config(), split=SplitConfig(seed=2), cache_dir=cache, **quiet)
+    name = "KNeighborsClassifier(n_neighbors=1)"
+    assert {t["model"] for t in result.trials} == {"dense", name}
+    assert [t["params"] for t in result.trials if t["model"] != "dense"] == [{"baseline": name}]
+    assert type(result.baseline) is KNeighborsClassifier and result.baseline is not knn and not hasattr(knn, "classes_")
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["baseline"] == name == result.metrics["baseline"] and {"baseline": [name]} in run["search"]["space"]
+    board = (result.run_dir / "leaderboard.md").read_text()
+    assert f"the best of 1 baseline configuration tried: {name} (test accuracy" in board

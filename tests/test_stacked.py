@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gearfeat._internal.errors import InvalidArgumentError
-from gearfeat.models.heads import DenseHead
+from gearfeat.models.heads import DenseHead, check_head
 from gearfeat.models.stacked import StackedHeads, plan_stacks, stack_bytes
 
 
@@ -89,6 +89,7 @@ def test_a_sliced_head_is_an_ordinary_fitted_dense_head(problem):
         np.testing.assert_allclose(head.predict_proba(X_val), stack.predict_proba(X_val)[i], atol=1e-5)
         assert list(head.classes_) == ["a", "b", "c", "d"] and head.predict(X_val[:2]).dtype.kind == "U"
         assert head.history_ == stack.histories_[i] and head.best_epoch_ == stack.best_epochs_[i]
+        check_head(head, streamed=True, fitted=True)  # a fitted Head (search's winner goes to fit_and_save as one)
 
 
 @pytest.mark.parametrize("heads, message", [

@@ -96,6 +96,9 @@ def test_baseline_joblib_is_verified_before_loading(run, tmp_path):
     import gearfeat
     baseline = gearfeat.load_baseline(run.run_dir)
     assert baseline.predict(np.zeros((1, 1280), np.float32)).shape == (1,)
+    record = json.loads((run.run_dir / "run.json").read_text())  # the named baseline, by class and parameters
+    assert record["baseline"] == "StandardScaler() + LogisticRegression(max_iter=3000, random_state=1)"
+    assert run.metrics["baseline"] == "logreg"
     import shutil
     copy = RunDir(shutil.copytree(run.run_dir, tmp_path / "copy"))
     (copy / "baseline.joblib").write_bytes((copy / "baseline.joblib").read_bytes() + b"\x00")
@@ -279,3 +282,112 @@ def test_settings_of_the_wrong_kind_are_named(tmp_path, settings, message):
     with pytest.raises(GearfeatError, match=f"^{re.escape(message)}$"):
         train(tmp_path / "data", tmp_path / "run", **settings)
     assert not (tmp_path / "run").exists()
+
+
+class SoftmaxHead:
+    """A head that is not a DenseHead: one softmax layer, written against the Head protocol alone."""
+
+    def __init__(self, seed: int = 0, learning_rate: float = 0.05, epochs: int = 3):
+        self.seed, self.learning_rate, self.epochs = seed, learning_rate, epochs
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"seed": self.seed, "learning_rate": self.learning_rate, "epochs": self.epochs}
+
+    def set_params(self, **params) -> "SoftmaxHead":
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def validate(self) -> None:
+        if not self.epochs >= 1:
+            raise GearfeatError(f"SoftmaxHead needs epochs >= 1, got {self.epochs}")
+
+    def fit(self, X, y, validation_data=None, classes=None) -> "SoftmaxHead":
+        keras.utils.set_random_seed(self.seed)
+        inputs = keras.Input((X.shape[1],))
+        self.model_ = keras.Model(inputs, keras.layers.Dense(len(classes), activation="softmax")(inputs))
+        self.model_.compile(optimizer=keras.optimizers.SGD(self.learning_rate),
+                            loss="sparse_categorical_crossentropy")
+        fitted = self.model_.fit(X, y, validation_data=validation_data, epochs=self.epochs, verbose=0)
+        self.history_ = fitted.history
+        self.best_epoch_ = self.epochs
+        return self
+
+    def predict_proba(self, X):
+        return self.model_.predict(X, verbose=0)
+
+
+def test_a_head_of_its_own_class_goes_through_train_into_a_loadable_model(shapes_dir, tmp_path):
+    mine = SoftmaxHead(epochs=2)
+    result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=mine, split=SplitConfig(seed=3),
+                   cache_dir=tmp_path / "cache", progress=False)
+    assert type(result.head) is SoftmaxHead and result.head is not mine and not hasattr(mine, "model_")
+    assert result.head.seed == 3 and result.metrics["stitched_vs_head_max_abs_diff"] <= 1e-4
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["head"] == {"seed": 3, "learning_rate": 0.05, "epochs": 2} and record["epochs_run"] == 2
+    model = load_model(result.run_dir / "model.h5")  # safe mode
+    images = np.stack([np.asarray(Image.open(r.path).convert("RGB"), np.float32)
+                       for r in result.extraction.dataset.records[:3]])
+    assert model.predict(images, verbose=0).shape == (3, 3)
+    assert len(json.loads((result.run_dir / "history.json").read_text())["loss"]) == 2
+
+
+class NoProba(SoftmaxHead):
+    predict_proba = None  # not callable: as missing as an absent method
+
+
+def test_a_head_missing_part_of_the_protocol_is_one_error_naming_what_is_missing(shapes_dir, tmp_path):
+    class Bare:
+        seed = 0
+
+    with pytest.raises(GearfeatError, match=r"^head Bare lacks learning_rate, get_params, set_params, validate, "
+                                            r"fit, predict_proba: a head needs seed, learning_rate, .*Head\)$"):
+        train(shapes_dir, tmp_path / "run", head=Bare())
+    with pytest.raises(GearfeatError, match=r"^head NoProba lacks predict_proba: a head needs "):
+        train(shapes_dir, tmp_path / "run", head=NoProba())
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # refused before any work
+    # over the memory budget the head must also train on streamed rows
+    with pytest.raises(GearfeatError, match=r"^head SoftmaxHead lacks fit_streamed: a head trained on features "
+                                            r"streamed from the cache needs .*fit_streamed"):
+        train(shapes_dir, tmp_path / "run", config=tiny_config(), head=SoftmaxHead(), cache_dir=tmp_path / "cache",
+              memory_budget="10kB", progress=False)
+
+
+def test_a_scikit_learn_classifier_is_the_baseline_cloned_recorded_and_verified(shapes_dir, tmp_path, logged):
+    import gearfeat
+    from sklearn.neighbors import KNeighborsClassifier
+    mine = KNeighborsClassifier(n_neighbors=3)
+    result = train(shapes_dir, tmp_path / "run", config=tiny_config(), head=DenseHead(hidden=(8,), epochs=2),
+                   baseline=mine, cache_dir=tmp_path / "cache", progress=False)
+    lines = logged()
+    assert not hasattr(mine, "classes_") and type(result.baseline) is KNeighborsClassifier  # fitted as a clone
+    assert result.baseline is not mine and result.baseline.n_neighbors == 3
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["baseline"] == "KNeighborsClassifier(n_neighbors=3)" == result.metrics["baseline"]
+    assert record["features"]["baseline"] == "KNeighborsClassifier(n_neighbors=3)"
+    assert any("(baseline KNeighborsClassifier(n_neighbors=3): " in line for line in lines), lines
+    loaded = gearfeat.load_baseline(result.run_dir)  # checked against manifest.json first
+    X = result.extraction.features[:6]
+    assert type(loaded) is KNeighborsClassifier and list(loaded.predict(X)) == list(result.baseline.predict(X))
+    (result.run_dir / "baseline.joblib").write_bytes((result.run_dir / "baseline.joblib").read_bytes() + b"\x00")
+    with pytest.raises(GearfeatError, match="sha256 does not match"):
+        gearfeat.load_baseline(result.run_dir)
+
+
+@pytest.mark.parametrize("baseline, message", [
+    ("StandardScaler", r"baseline StandardScaler\(\) is not a scikit-learn classifier \(it has no predict\); "
+                       r"choose one of: logreg, linear_svc, svc, or pass a scikit-learn classifier"),
+    ("LogisticRegression", r"baseline <class '.*LogisticRegression'> is not a scikit-learn classifier \(a class: "
+                           r"pass an instance of it\)"),
+    ("number", r"baseline 3 is not a scikit-learn classifier \(it has no fit or predict\)"),
+    ("regressor", r"baseline LinearRegression\(\) is not a scikit-learn classifier \(it is not a classifier\)"),
+    ("C", r"baseline C=0.5 sets the C of a named baseline; set it on the estimator LogisticRegression\(C=2\) instead"),
+])
+def test_a_baseline_that_is_no_classifier_is_one_line_naming_it(shapes_dir, tmp_path, baseline, message):
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    value, c = {"StandardScaler": (StandardScaler(), 1.0), "LogisticRegression": (LogisticRegression, 1.0),
+                "number": (3, 1.0), "regressor": (LinearRegression(), 1.0), "C": (LogisticRegression(C=2), 0.5)}[baseline]
+    with pytest.raises(GearfeatError, match=f"^{message}") as info:
+        train(shapes_dir, tmp_path / "run", baseline=value, baseline_c=c, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

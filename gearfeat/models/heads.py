@@ -1,9 +1,11 @@
-"""Dense classification heads trained on cached features, as scikit-learn-style estimators."""
+"""Dense classification heads trained on cached features, as scikit-learn-style estimators, and the protocol
+(:class:`Head`) that the transfer pipeline needs of any head."""
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -12,10 +14,78 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from .._internal.errors import InvalidArgumentError, check_seed, first_line, is_int, is_real
+from .._internal.errors import GearfeatError, InvalidArgumentError, check_seed, first_line, is_int, is_real
 from ..features.cache import FeatureRows
 
 _PREDICT_BATCH = 1024  # rows per batch where no gradient is computed (validation, prediction)
+
+
+class Head(Protocol):
+    """What ``train`` (and the winner of ``search``) needs of a head: an estimator that scikit-learn's ``clone``
+    copies (``get_params``/``set_params``), whose ``fit`` builds ``model_``, a Keras model from features (N, D)
+    to class probabilities, that is stitched behind the backbone into ``model.h5``.
+
+    Before fitting: ``seed`` (set to the run's), ``learning_rate`` (the stitched model is compiled with it),
+    ``validate()`` (raises on a bad parameter, before the extraction). ``fit(X, y, validation_data=(X_val, y_val),
+    classes=range(n_classes))`` trains with outputs in the order of ``classes``; ``predict_proba(X)`` gives
+    (N, n_classes). After fitting: ``model_``, ``history_`` (per-epoch lists, ``"loss"`` among them) and
+    ``best_epoch_`` (1-based). :class:`DenseHead` is one; :func:`check_head` names what a head lacks.
+    """
+
+    seed: int
+    learning_rate: float
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+
+    def set_params(self, **params: Any) -> Head: ...
+
+    def validate(self) -> None: ...
+
+    def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+            classes: Sequence | None = None) -> Head: ...
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
+class StreamingHead(Head, Protocol):
+    """A :class:`Head` that can also train on cache rows streamed from the HDF5 file (a split over the memory
+    budget): ``fit_streamed`` as :meth:`DenseHead.fit_streamed`."""
+
+    def fit_streamed(self, features: FeatureRows, indexes: np.ndarray, y: np.ndarray,
+                     validation: tuple[np.ndarray, np.ndarray] | None = None, classes: Sequence | None = None,
+                     window_bytes: int = 32 << 20) -> StreamingHead: ...
+
+
+FITTED_MEMBERS = ("model_", "history_", "best_epoch_")
+"""What a :class:`Head`'s ``fit`` leaves on it."""
+
+
+def _members(protocol: type) -> tuple[str, ...]:
+    """The attributes and public methods a protocol class (with its protocol bases) declares, in order."""
+    names: dict[str, None] = {}
+    for cls in reversed(protocol.__mro__):
+        if Protocol in cls.__bases__ or cls is protocol:
+            names.update(dict.fromkeys(getattr(cls, "__annotations__", {})))
+            names.update(dict.fromkeys(name for name, value in vars(cls).items()
+                                       if callable(value) and not name.startswith("_")))
+    return tuple(names)
+
+
+def check_head(head: Any, *, streamed: bool = False, fitted: bool = False) -> None:
+    """Raise a GearfeatError naming every member of :class:`Head` (:class:`StreamingHead` when ``streamed``;
+    also :data:`FITTED_MEMBERS` when ``fitted``) that ``head`` lacks, and a ``model_`` that is not a Keras model."""
+    required = _members(StreamingHead if streamed else Head) + (FITTED_MEMBERS if fitted else ())
+    attributes = {*Head.__annotations__, *FITTED_MEMBERS}
+    missing = [name for name in required
+               if not (hasattr(head, name) and (name in attributes or callable(getattr(head, name))))]
+    name = type(head).__name__
+    if missing:
+        need = "a head" if not streamed else "a head trained on features streamed from the cache"
+        raise GearfeatError(f"head {name} lacks {', '.join(missing)}: {need} needs "
+                            f"{', '.join(required)} (see gearfeat.models.heads.Head)")
+    if fitted and not isinstance(head.model_, keras.Model):
+        raise GearfeatError(f"head {name}'s model_ is a {type(head.model_).__name__}, not a Keras model (features "
+                            "to class probabilities, stitched behind the backbone)")
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):

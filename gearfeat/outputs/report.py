@@ -51,7 +51,10 @@ class Row:
 
 
 def _describe_baseline(run: Run) -> str:
-    return f"StandardScaler + `{run.metrics.get('baseline', '?')}` (C={run.record.baseline_c:g})"
+    name = str(run.metrics.get("baseline", "?"))
+    if "(" in name:  # an estimator's class and parameters, not one of the named baselines
+        return f"`{name}`"
+    return f"StandardScaler + `{name}` (C={run.record.baseline_c:g})"
 
 
 def _describe_head(run: Run) -> str:

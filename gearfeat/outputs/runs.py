@@ -171,6 +171,7 @@ class RunRecord:
     extractor: dict[str, Any] | None = None  # the frozen backbone's ExtractorConfig (train, search, finetune)
     cache: str | None = None  # train, search: the feature cache, absolute
     head: dict[str, Any] | None = None  # train, search: the dense head's parameters
+    baseline: str | None = None  # train, search: the baseline that ran, its class and parameters (None: older runs)
     baseline_c: float | None = None
     images_computed: int | None = None
     images_reused: int | None = None
@@ -220,8 +221,9 @@ class RunRecord:
         for name in _fields_of(command):
             value = payload.get(name)
             if value is None:
-                if name not in ("labels", "features", "views"):  # null: no label file; a run from before memory
-                    # budgets; no augmented views, or a run from before them
+                # null: no label file; a run from before memory budgets (features), baseline estimators (baseline)
+                # or augmented views (views), or a run without views
+                if name not in ("labels", "features", "baseline", "views"):
                     raise GearfeatError(f"{path} has no {name} (the file was edited, or written by an "
                                         "unfinished run); run the command again")
                 continue
@@ -243,8 +245,8 @@ class RunRecord:
         return run.write_json(RUN_FILE, self.to_json())
 
 
-_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline_c", "images_computed", "images_reused", "features",
-                    "views")
+_TRANSFER_FIELDS = ("extractor", "cache", "head", "baseline", "baseline_c", "images_computed", "images_reused",
+                    "features", "views")
 _FIT_FIELDS = ("fit", "stopped_by")
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "train": _TRANSFER_FIELDS,

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from .._internal.errors import GearfeatError, check_seed, is_int, is_real
-from ..models.baseline import BASELINES
+from ..models.baseline import BASELINES, baseline_error, baseline_name
 
 HEAD, BASELINE = "head", "baseline"
 
@@ -61,12 +61,10 @@ def _layers(value: Any) -> tuple[int, ...]:
     raise ValueError("expected a list of positive layer sizes, e.g. [512, 128], or [] for no hidden layer")
 
 
-def _choice(options: Sequence[str]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return value
-    return check
+def _baseline(value: Any) -> Any:
+    if baseline_error(value):
+        raise ValueError(f"expected one of {', '.join(BASELINES)} or a scikit-learn classifier")
+    return value
 
 
 PARAMS: dict[str, Param] = {
@@ -78,7 +76,7 @@ PARAMS: dict[str, Param] = {
     "batch_size": Param(HEAD, _integer(1), "[64, 128]"),
     "epochs": Param(HEAD, _integer(1), "[60]"),
     "patience": Param(HEAD, _integer(0), "[8]"),
-    "baseline": Param(BASELINE, _choice(list(BASELINES)), "[logreg, svc]"),
+    "baseline": Param(BASELINE, _baseline, "[logreg, svc]"),
     "baseline_c": Param(BASELINE, _real("> 0, finite", lambda v: 0 < v < math.inf), "[0.1, 1.0, 10.0]"),
 }
 """The parameters a search space may vary: the dense head's (see :class:`DenseHead`) and the baseline's."""
@@ -118,7 +116,8 @@ def _values(name: str, values: Any) -> list:
         try:
             checked.append(param.check(value))
         except ValueError as exc:
-            raise GearfeatError(f"search parameter {name!r}: bad value {value!r}: {exc}") from None
+            raise GearfeatError(f"search parameter {name!r}: bad value {' '.join(repr(value).split()):.100}: "
+                                f"{exc}") from None
     return checked
 
 
@@ -144,6 +143,7 @@ class SearchSpace:
             by_kind: dict[str, dict[str, list]] = {HEAD: {}, BASELINE: {}}
             for name, values in grid.items():
                 by_kind[_param(str(name)).kind][str(name)] = _values(str(name), values)
+            _check_estimator_grid(by_kind[BASELINE])
             self.grids.extend(g for g in by_kind.values() if g)
 
     def __len__(self) -> int:
@@ -183,9 +183,25 @@ class SearchSpace:
         return SearchSpace(grids if mine else [*grids, {name: values}])
 
     def to_json(self) -> list[dict[str, list]]:
-        """The grids with tuples as lists, as written to ``run.json``."""
-        return [{name: [list(v) if isinstance(v, tuple) else v for v in values] for name, values in grid.items()}
-                for grid in self.grids]
+        """The grids with tuples as lists and estimators by their names, as written to
+        ``run.json``."""
+        return [{name: [_printable(name, v) for v in values] for name, values in grid.items()} for grid in self.grids]
+
+
+def _printable(name: str, value: Any) -> Any:
+    """A parameter's value as JSON writes it: a tuple as a list, a baseline estimator by its class and parameters."""
+    if name == "baseline":
+        return baseline_name(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_estimator_grid(grid: Mapping[str, list]) -> None:
+    """Refuse a baseline grid that gives ``baseline_c`` and an estimator: C is set on an estimator itself."""
+    estimators = [v for v in grid.get("baseline", []) if not isinstance(v, str)]
+    if estimators and "baseline_c" in grid:
+        raise GearfeatError(f"search parameter 'baseline_c' sets the C of the named baselines, but the grid also "
+                            f"lists the estimator {baseline_name(estimators[0])}: set C on the estimator, or give "
+                            "the estimators a grid of their own")
 
 
 def _shares(sizes: Sequence[int], n: int) -> list[int]:

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from .._internal.progress import Progress
-from ..models.baseline import make_baseline
+from ..models.baseline import baseline_name, make_baseline
 from ..models.heads import DenseHead
 from ..models.stacked import StackedHeads, plan_stacks
 from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
@@ -47,15 +47,16 @@ def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarra
               y_val: np.ndarray, n_classes: int, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
     """Train one configuration on the training features and score it on the validation features.
 
-    Returns ``model`` ("dense" or the baseline's name), ``val_loss`` (cross-entropy of the predicted
-    probabilities; None for a baseline without probabilities), ``val_accuracy``, ``epochs_run``,
+    Returns ``model`` ("dense" or the baseline's name, see :func:`baseline_name`), ``val_loss`` (cross-entropy of
+    the predicted probabilities; None for a baseline without probabilities), ``val_accuracy``, ``epochs_run``,
     ``best_epoch`` and ``seconds``. ``threads`` sizes TensorFlow's pools if this process has not used them yet.
     """
     limit_tf_threads(threads)
     start = time.perf_counter()
     if kind_of(params) == BASELINE:
-        model = params.get("baseline", "logreg")
-        estimator = make_baseline(model, params.get("baseline_c", 1.0), seed=seed).fit(X_train, y_train)
+        kind = params.get("baseline", "logreg")
+        model = baseline_name(kind)
+        estimator = make_baseline(kind, params.get("baseline_c", 1.0), seed=seed).fit(X_train, y_train)
         proba = estimator.predict_proba(X_val) if hasattr(estimator, "predict_proba") else None
         predicted = estimator.predict(X_val)
         epochs_run = best_epoch = None
@@ -116,7 +117,8 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
                progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
-    ``params``. ``backend`` is a name in :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`)."""
+    ``params`` (a baseline estimator by its :func:`baseline_name`). ``backend`` is a name in :data:`BACKENDS`
+    (None: :data:`DEFAULT_BACKEND`)."""
     backend = backend or DEFAULT_BACKEND
     spec = get_backend(backend, address)
     check_jobs(jobs)
@@ -157,7 +159,10 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
                 results = _finished(calls(threads), workers=workers, streams=spec.streams)
         for done, stack in results:
             for i, row in done:
-                rows[i] = {"trial": i, "params": dict(configurations[i]), **row}
+                params = dict(configurations[i])
+                if "baseline" in params:  # an estimator by its class and parameters, as trials.json writes it
+                    params["baseline"] = baseline_name(params["baseline"])
+                rows[i] = {"trial": i, "params": params, **row}
                 bar.update()
             if stack is not None:  # the stack of its best head: ranked as that head's row
                 best.append((min(_rank_key(*pair) for pair in done), stack))

@@ -22,18 +22,18 @@ from typing import IO
 
 import keras
 import numpy as np
-from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
 from .._internal.progress import keras_downloads
 from ..features.extractor import ExtractorConfig, FeatureExtractor
-from ..models.baseline import make_baseline
-from ..models.heads import DenseHead
+from ..models.baseline import Baseline, check_baseline
+from ..models.heads import DenseHead, Head
 from ..models.stitch import load_model, save_model, stitch
-from ..outputs.metrics import classification_metrics, max_abs_difference
+from ..outputs.metrics import max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
+from .transfer import SplitFeatures, fit_models, score_models
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class CifarResult:
 
 
 def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathLike | None = None,
-                  config: ExtractorConfig | None = None, head: DenseHead | None = None,
-                  val_fraction: float = 0.1, seed: int = 0, baseline: str = "logreg", baseline_c: float = 1.0,
+                  config: ExtractorConfig | None = None, head: Head | None = None,
+                  val_fraction: float = 0.1, seed: int = 0, baseline: Baseline = "logreg", baseline_c: float = 1.0,
                   cache_dir: str | os.PathLike = "cache", batch_size: int = CIFAR_BATCH_SIZE,
                   plots: str | os.PathLike | None = None, progress: bool = True) -> CifarResult:
     """Train a dense head on cached frozen-backbone features of CIFAR-10 and save the stitched model ``out``.
@@ -135,7 +135,9 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     linear-probe protocol, gives ``baseline_test_accuracy``). ``plots`` names a folder for ``loss.png`` and
     ``confusion.png``. Returns the figures; the test accuracies are also stored in the model file
     (:func:`gearfeat.models.stitch.model_info`). ``out`` is written only once the saved file, reloaded in safe mode,
-    has been checked against the head; a file that fails leaves ``out`` as it was.
+    has been checked against the head; a file that fails leaves ``out`` as it was. The head and the baseline are
+    fitted and tested by the pipeline of ``gearfeat train`` (:func:`~gearfeat.workflows.transfer.fit_models`,
+    :func:`~gearfeat.workflows.transfer.score_models`) on the cached features, held in memory.
     """
     started = time.perf_counter()
     config = config or ExtractorConfig(DEFAULT_BACKBONE, image_size=IMAGE_SIZE)
@@ -145,6 +147,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                             f"{IMAGE_SIZE}, got {config.image_size}")
     if not 0 < val_fraction < 1:
         raise GearfeatError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    check_baseline(baseline, baseline_c)  # before the extraction, which can take minutes
     (x_train, y_train), (x_test, y_test) = load_cifar10(data)
     y_train, y_test = y_train.reshape(-1).astype(np.int64), y_test.reshape(-1).astype(np.int64)
     try:
@@ -164,26 +167,14 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
     extract_seconds = time.perf_counter() - t0
     logger.info(f"features {X_train.shape[1]}-d from cache {cache_path} ({extract_seconds:.1f} s)")
 
-    t0 = time.perf_counter()
-    head = clone(head).set_params(seed=seed)  # the caller's estimator stays unfitted, as in train
-    head.fit(X_train[train_idx], y_train[train_idx], classes=range(len(CLASS_NAMES)),
-             validation_data=(X_train[val_idx], y_train[val_idx]))
-    head_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    base = make_baseline(baseline, baseline_c, seed=seed).fit(X_train[train_idx], y_train[train_idx])
-    baseline_seconds = time.perf_counter() - t0
-
-    proba = head.predict_proba(X_test)
-    test = classification_metrics(y_test, proba.argmax(axis=1), CLASS_NAMES)
-    metrics = {
-        "test_accuracy": test["accuracy"],
-        "baseline": baseline,
-        "baseline_test_accuracy": float(np.mean(base.predict(X_test) == y_test)),
-        "val_accuracy": float(head.score(X_train[val_idx], y_train[val_idx])),
-        "per_class": test["per_class"],
-        "best_epoch": head.best_epoch_,
-        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "n_test": int(len(y_test)),
-    }
+    features = SplitFeatures(labels={"train": y_train[train_idx], "val": y_train[val_idx], "test": y_test},
+                             arrays={"train": X_train[train_idx], "val": X_train[val_idx], "test": X_test})
+    models = fit_models(features, head=head, baseline=baseline, baseline_c=baseline_c, n_classes=len(CLASS_NAMES),
+                        seed=seed)  # a clone: the caller's head stays unfitted, as in train
+    head = models.head
+    scores, proba, _ = score_models(features, models, list(CLASS_NAMES))
+    metrics = {**scores, "best_epoch": head.best_epoch_,
+               "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "n_test": int(len(y_test))}
 
     model = stitch(extractor.model, head.model_)
     # the grader evaluates with one-hot labels: categorical (not sparse) cross-entropy
@@ -199,7 +190,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                                                                   y_test[:RELOAD_CHECK_IMAGES], proba)
     except GearfeatError as exc:
         raise GearfeatError(f"{path} not written: {exc}") from None
-    metrics["seconds"] = {"extract": extract_seconds, "head": head_seconds, "baseline": baseline_seconds,
+    metrics["seconds"] = {"extract": extract_seconds, "head": models.head_seconds, "baseline": models.baseline_seconds,
                           "total": time.perf_counter() - started}
     if plots is not None:
         plot_history(head.history_, Path(plots) / "loss.png",

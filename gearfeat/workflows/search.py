@@ -35,6 +35,7 @@ from ..data.labels import LabelFile
 from ..features.augment import AugmentConfig
 from ..features.cache import FeatureRows
 from ..features.extractor import ExtractorConfig, extract_dataset
+from ..models.baseline import baseline_name
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
 from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
@@ -126,7 +127,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     write_trials(run, trials)
     best_head = next((t for t in board if t["model"] == "dense"), None)
     best_base = next((t for t in board if t["model"] != "dense"), None)
-    base_params = best_base["params"] if best_base else {}
+    base_params = configurations[best_base["trial"]] if best_base else {}  # a baseline estimator itself, not its name
     baseline, baseline_c = base_params.get("baseline", "logreg"), base_params.get("baseline_c", 1.0)
     info = {
         "space": space.to_json(), "configurations": len(space), "trials": len(trials),
@@ -136,7 +137,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
         "baseline_trials": sum(t["model"] != "dense" for t in trials),
         "best_head_trial": best_head and best_head["trial"], "best_baseline_trial": best_base and best_base["trial"],
     }
-    kept_baseline = f"{kept_summary(info['baseline_trials'], 'baseline')}: {baseline}, C={baseline_c:g}"
+    kept_baseline = (f"{kept_summary(info['baseline_trials'], 'baseline')}: {baseline_name(baseline)}"
+                     + (f", C={baseline_c:g}" if isinstance(baseline, str) else ""))
     logger.info(f"search: {len(trials)} trials in {search_seconds:.1f} s; best: trial {board[0]['trial']} "
                 f"({board[0]['model']}, validation accuracy {board[0]['val_accuracy']:.4f}); baseline: {kept_baseline}")
     head = found.best_head if best_head else DenseHead()  # no dense trial: the default head, trained

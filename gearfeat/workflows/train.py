@@ -6,15 +6,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sklearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator
 
 from .._internal.system import memory_budget as memory_budget_of
 from ..data.dataset import SplitConfig, split_dataset
 from ..data.labels import LabelFile
 from ..features.augment import AugmentConfig
 from ..features.extractor import Extraction, ExtractorConfig, extract_dataset
-from ..models.baseline import check_baseline
-from ..models.heads import DenseHead
+from ..models.baseline import Baseline, check_baseline
+from ..models.heads import DenseHead, Head
 from ..outputs.runs import RunDir
 from .transfer import check_settings, fit_and_save, training_views
 
@@ -27,8 +27,8 @@ class TrainResult:
     run_dir: Path
     metrics: dict
     extraction: Extraction
-    head: DenseHead
-    baseline: Pipeline
+    head: Head
+    baseline: BaseEstimator
     skipped: list = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -39,14 +39,16 @@ class TrainResult:
 
 def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
           labels: str | os.PathLike | LabelFile | None = None, config: ExtractorConfig | None = None,
-          head: DenseHead | None = None, split: SplitConfig | None = None, baseline: str = "logreg",
+          head: Head | None = None, split: SplitConfig | None = None, baseline: Baseline = "logreg",
           baseline_c: float = 1.0, cache_dir: str | os.PathLike = "cache", backend: str = "local",
           address: str | None = None, memory_budget: str | int | None = None,
           augment: AugmentConfig | None = None, progress: bool = True) -> TrainResult:
     """Extract (or reuse) features, train the head and the baseline, stitch and save everything in ``out``.
 
     ``data_dir`` has one sub-folder per class, or ``labels`` (a CSV file, or a :class:`LabelFile` naming its
-    columns) lists its images and their classes.
+    columns) lists its images and their classes. ``head`` is a :class:`DenseHead` or any other
+    :class:`~gearfeat.models.heads.Head`; ``baseline`` a name (``"logreg"``, ``"linear_svc"``, ``"svc"``: after a
+    StandardScaler, with ``baseline_c``) or a scikit-learn classifier, cloned before it is fitted.
 
     Writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
     ``baseline.joblib``, ``skipped.json`` and ``run.json`` (settings, sizes and wall times). ``backend="dask"``

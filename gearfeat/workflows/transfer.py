@@ -11,11 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.pipeline import Pipeline
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator, clone
 
-from .._internal.errors import GearfeatError
+from .._internal.errors import GearfeatError, first_line
 from .._internal.fileio import atomic_path
 from .._internal.system import machine_summary, memory_budget as memory_budget_of, size_text
 from ..data.dataset import Dataset, SplitConfig, write_skipped
@@ -23,8 +21,9 @@ from ..data.images import load_image
 from ..features.augment import AugmentConfig
 from ..features.cache import FeatureRows
 from ..features.extractor import Extraction, ExtractorConfig, ViewExtraction, add_views
-from ..models.baseline import BASELINE_FILE, fit_streamed_baseline, make_baseline
-from ..models.heads import DenseHead
+from ..models.baseline import (BASELINE_FILE, Baseline, baseline_name, describe_estimator, fit_streamed_baseline,
+                               make_baseline)
+from ..models.heads import Head, check_head
 from ..models.stitch import save_model, stitch
 from ..outputs.metrics import classification_metrics, max_abs_difference
 from ..outputs.plots import plot_confusion, plot_history
@@ -46,6 +45,103 @@ STREAM_WINDOW_BYTES = 32 << 20  # the most feature bytes a streamed run reads at
 #: logistic-regression baseline's mean test accuracy went from 0.953 to 0.967 with 4 views at 8 images per class
 #: and from 0.986 to 0.992 at 32, never lower than without views (benchmarks/RESULTS.md, "Cached augmented views").
 BASELINE_USES_VIEWS = True
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class SplitFeatures:
+    """The features of a transfer run's parts ("train", "val", "test") and their ``labels``: arrays in memory
+    (``arrays``), or else the records ``indexes`` of the cache view ``rows``, read ``window_bytes`` at a time."""
+
+    labels: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray] | None = None
+    rows: FeatureRows | None = None
+    indexes: dict[str, np.ndarray] | None = None
+    window_bytes: int = STREAM_WINDOW_BYTES
+    baseline_rows: int | None = None  #: the baseline fits the first rows of the train part only (None: all)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the features are read from the cache a window at a time, not held in memory."""
+        return self.arrays is None
+
+    def apply(self, function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
+        """``function`` of the features of one part (a window at a time when streamed; ``function`` must treat
+        rows independently, as predictions do)."""
+        if self.streamed:
+            return _in_windows(self.rows, self.indexes[part], function, self.window_bytes)
+        return function(self.arrays[part])
+
+
+@dataclass(repr=False)
+class FittedModels:
+    """What :func:`fit_models` trained: the head, the baseline, the baseline's name (what ran) and the seconds."""
+
+    head: Head
+    baseline: BaseEstimator
+    baseline_name: str
+    head_seconds: float
+    baseline_seconds: float
+
+
+def fit_models(features: SplitFeatures, *, head: Head, baseline: Baseline = "logreg", baseline_c: float = 1.0,
+               n_classes: int, seed: int, fitted: bool = False) -> FittedModels:
+    """Train a clone of ``head`` with ``seed`` (unless ``fitted``: used as it is) on the train part, stopping
+    early on the val part, and the baseline on the train part; outputs for the classes ``range(n_classes)``.
+
+    Streamed ``features``: the head's ``fit_streamed`` and the streamed SGD logistic regression
+    (:func:`~gearfeat.models.baseline.fit_streamed_baseline`) in place of ``baseline``.
+    """
+    streamed = features.streamed
+    check_head(head, streamed=streamed and not fitted, fitted=fitted)
+    classes = range(n_classes)
+    y_train, y_val = features.labels["train"], features.labels["val"]
+    t0 = time.perf_counter()
+    if not fitted:
+        try:
+            head = clone(head).set_params(seed=seed)
+        except (TypeError, RuntimeError) as exc:  # what clone raises for get_params that do not round-trip
+            raise GearfeatError(f"head {type(head).__name__} cannot be cloned by scikit-learn: "
+                                f"{first_line(exc)}") from None
+        if streamed:
+            head.fit_streamed(features.rows, features.indexes["train"], y_train,
+                              validation=(features.indexes["val"], y_val), classes=classes,
+                              window_bytes=features.window_bytes)
+        else:
+            head.fit(features.arrays["train"], y_train, validation_data=(features.arrays["val"], y_val),
+                     classes=classes)
+        check_head(head, fitted=True)
+    head_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if streamed:
+        base = fit_streamed_baseline(
+            lambda epoch: ((X, y_train[at]) for at, X in features.rows.shuffled(
+                features.indexes["train"], seed=seed + epoch, window_bytes=features.window_bytes)),
+            classes, n_rows=len(y_train), C=baseline_c, seed=seed)
+    else:
+        n = features.baseline_rows
+        base = make_baseline(baseline, baseline_c, seed=seed).fit(features.arrays["train"][:n], y_train[:n])
+    name = describe_estimator(base) if streamed else baseline_name(baseline)
+    return FittedModels(head, base, name, head_seconds, time.perf_counter() - t0)
+
+
+def score_models(features: SplitFeatures, models: FittedModels,
+                 class_names: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Test the head and the baseline once on the test part: the metrics (``test_accuracy``,
+    ``baseline_test_accuracy``, ``val_accuracy`` of the head, ``per_class`` precision/recall/F1 of the head,
+    ``baseline``: the name of what ran), the head's test probabilities and the baseline's test predictions."""
+    head_proba = features.apply(models.head.predict_proba, "test")
+    base_pred = features.apply(models.baseline.predict, "test")
+    y_test, y_val = features.labels["test"], features.labels["val"]
+    head_metrics = classification_metrics(y_test, head_proba.argmax(axis=1), class_names)
+    metrics = {
+        "test_accuracy": head_metrics["accuracy"],
+        "baseline_test_accuracy": float(np.mean(base_pred == y_test)),
+        "val_accuracy": float(np.mean(features.apply(models.head.predict_proba, "val").argmax(axis=1) == y_val)),
+        "per_class": head_metrics["per_class"],
+        "baseline": models.baseline_name,
+    }
+    return metrics, head_proba, base_pred
 
 
 @dataclass(repr=False)
@@ -53,18 +149,20 @@ class FittedRun:
     """What :func:`fit_and_save` fitted and measured: the metrics, the head and the baseline."""
 
     metrics: dict
-    head: DenseHead
-    baseline: Pipeline
+    head: Head
+    baseline: BaseEstimator
 
 
-def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: DenseHead | None = None,
+def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: Head | None = None,
                    augment: AugmentConfig | None = None) -> None:
-    """Raise a GearfeatError naming the first setting of a run that is of the wrong kind or invalid."""
+    """Raise a GearfeatError naming the first setting of a run that is of the wrong kind or invalid (a head that
+    lacks a member of the :class:`~gearfeat.models.heads.Head` protocol, or a bad head parameter)."""
     for name, value, kind in (("config", config, ExtractorConfig), ("split", split, SplitConfig),
-                              ("head", head, DenseHead), ("augment", augment, AugmentConfig)):
-        if not isinstance(value, kind) and not (name in ("head", "augment") and value is None):
+                              ("augment", augment, AugmentConfig)):
+        if not isinstance(value, kind) and not (name == "augment" and value is None):
             raise GearfeatError(f"{name} must be an instance of {kind.__name__}, got {value!r:.60}")
     if head is not None:
+        check_head(head)
         head.validate()
     split.check_for_training()
 
@@ -106,22 +204,26 @@ def training_rows(extraction: Extraction, train_idx: np.ndarray, X_train: np.nda
     return np.concatenate([X_train, extraction.views.rows.read()]), np.concatenate([y[train_idx], y[owners]])
 
 
-def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: DenseHead,
-                 split: SplitConfig, baseline: str = "logreg", baseline_c: float = 1.0,
+def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarray], *, head: Head,
+                 split: SplitConfig, baseline: Baseline = "logreg", baseline_c: float = 1.0,
                  started: float | None = None, command: str = "train", search: dict | None = None,
                  fitted: bool = False, memory_budget: int | None = None) -> FittedRun:
     """Train a clone of ``head`` (unless ``fitted``: a head already trained on the train split, with the run's
     seed, such as the winner of a search, used as it is) and the baseline on the train split, test each once,
-    stitch, and write the run folder.
+    stitch, and write the run folder. ``head`` is any :class:`~gearfeat.models.heads.Head` (a
+    :class:`~gearfeat.models.heads.StreamingHead` where the split is streamed).
 
     The one place a transfer run is finished, for ``gearfeat train`` and for the winner of ``gearfeat search``:
     writes ``model.h5``, ``metrics.json``, ``history.json``, ``loss.png``, ``confusion.png``,
     ``baseline.joblib``, ``skipped.json`` and ``run.json`` (its :class:`~gearfeat.outputs.runs.RunRecord`:
-    ``command``, settings, sizes, wall times, and the ``search`` summary of a search).
+    ``command``, settings, sizes, wall times, and the ``search`` summary of a search). ``baseline`` is a name of
+    :data:`~gearfeat.models.baseline.BASELINES` or a scikit-learn classifier (fitted as a clone);
+    ``metrics.json``'s ``baseline`` names the one that ran, ``run.json``'s ``baseline`` gives its class and
+    parameters.
 
     Only the rows of the split are read from the cache. When they hold more than ``memory_budget`` bytes
     (default: :func:`~gearfeat._internal.system.memory_budget`), nothing is loaded whole: the head trains on
-    windows streamed from the HDF5 file (:meth:`DenseHead.fit_streamed`), the baseline is the streamed SGD
+    windows streamed from the HDF5 file (its ``fit_streamed``), the baseline is the streamed SGD
     logistic regression (:func:`~gearfeat.models.baseline.fit_streamed_baseline`) whatever ``baseline`` says, and
     predictions are made a window at a time. The log and ``run.json``'s ``features`` say which path was taken.
 
@@ -133,7 +235,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     config = extraction.extractor.config
     dataset, rows = extraction.dataset, extraction.rows
     y = dataset.labels
-    train_idx, val_idx, test_idx = parts["train"], parts["val"], parts["test"]
+    test_idx = parts["test"]
     budget = memory_budget_of(memory_budget)
     views = extraction.views
     n_views = views.config.views if views is not None else 0
@@ -141,52 +243,33 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     if views is not None:
         _refuse_streamed_views(need, budget, n_views)
     streamed = need > budget
-    window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
     path = f"streamed from the cache, budget {size_text(budget)}" if streamed else "in memory"
     logger.info(f"features: {path} ({size_text(need)} for the split"
                 + (f" and its {len(views.owners)} view rows" if views is not None else "")
-                + (f", more than the budget; baseline: SGD logistic regression in place of {baseline})"
+                + (f", more than the budget; baseline: SGD logistic regression in place of {baseline_name(baseline)})"
                    if streamed else ")"))
-    X_parts = {} if streamed else {name: rows.read(parts[name]) for name in ("train", "val", "test")}
-    if not streamed:
-        X_fit, y_fit = training_rows(extraction, train_idx, X_parts["train"])
-        X_base, y_base = (X_fit, y_fit) if BASELINE_USES_VIEWS else (X_parts["train"], y[train_idx])
-
-    def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
-        """``function`` of the features of one part of the split (a window at a time when streamed)."""
-        return _in_windows(rows, parts[part], function, window) if streamed else function(X_parts[part])
-
-    t0 = time.perf_counter()
+    labels = {name: y[parts[name]] for name in PARTS}
+    if streamed:
+        features = SplitFeatures(labels, rows=rows, indexes=parts,
+                                 window_bytes=min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20)))
+    else:
+        arrays = {name: rows.read(parts[name]) for name in PARTS}
+        arrays["train"], labels["train"] = training_rows(extraction, parts["train"], arrays["train"])
+        features = SplitFeatures(labels, arrays=arrays,
+                                 baseline_rows=None if BASELINE_USES_VIEWS else len(parts["train"]))
+    check_head(head, streamed=streamed and not fitted, fitted=fitted)  # before its seed is read
     if fitted:
-        check_is_fitted(head, "model_")
         if head.seed != split.seed:
             raise GearfeatError(f"the fitted head was trained with seed {head.seed}, not the run's {split.seed}")
-    else:
-        if head.seed not in (0, split.seed):
-            warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
-                          "seeds the split and the training)", stacklevel=3)  # the line that called train or search
-        head = clone(head).set_params(seed=split.seed)
-        classes = range(len(dataset.class_names))
-        if streamed:
-            head.fit_streamed(rows, train_idx, y[train_idx], validation=(val_idx, y[val_idx]), classes=classes,
-                              window_bytes=window)
-        else:
-            head.fit(X_fit, y_fit, validation_data=(X_parts["val"], y[val_idx]), classes=classes)
-    head_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if streamed:
-        y_train = y[train_idx]
-        base = fit_streamed_baseline(
-            lambda epoch: ((X, y_train[at]) for at, X in rows.shuffled(train_idx, seed=split.seed + epoch,
-                                                                        window_bytes=window)),
-            range(len(dataset.class_names)), n_rows=len(train_idx), C=baseline_c, seed=split.seed)
-    else:
-        base = make_baseline(baseline, baseline_c, seed=split.seed).fit(X_base, y_base)
-    baseline_seconds = time.perf_counter() - t0
+    elif head.seed not in (0, split.seed):
+        warnings.warn(f"the head's seed {head.seed} is replaced by the run's seed {split.seed} (SplitConfig.seed "
+                      "seeds the split and the training)", stacklevel=3)  # the line that called train or search
+    models = fit_models(features, head=head, baseline=baseline, baseline_c=baseline_c,
+                        n_classes=len(dataset.class_names), seed=split.seed, fitted=fitted)
+    head, base = models.head, models.baseline
+    names = dataset.class_names
+    scores, head_proba, base_pred = score_models(features, models, names)
 
-    head_proba = apply(head.predict_proba, "test")
-    head_pred = head_proba.argmax(axis=1)
-    base_pred = apply(base.predict, "test")
     model = stitch(extraction.extractor.model, head.model_, head.learning_rate)
     stitch_delta = _stitch_check(model, dataset, test_idx[:STITCH_CHECK_IMAGES], head_proba, config.image_size)
     if stitch_delta > STITCH_TOLERANCE:
@@ -194,18 +277,8 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
                        f"differ by {stitch_delta:.2g}, tolerance {STITCH_TOLERANCE:g}): the cache "
                        f"{extraction.cache_path} may hold features this code would not compute; delete it and run "
                        "again")
-
-    names = dataset.class_names
-    head_metrics = classification_metrics(y[test_idx], head_pred, names)
-    metrics = {
-        "test_accuracy": head_metrics["accuracy"],
-        "baseline_test_accuracy": float(np.mean(base_pred == y[test_idx])),
-        "val_accuracy": float(np.mean(apply(head.predict, "val") == y[val_idx])),
-        "per_class": head_metrics["per_class"],
-        "baseline": baseline,
-        "stitched_vs_head_max_abs_diff": stitch_delta,
-        "n_test": int(len(test_idx)),
-    }
+    metrics = {**scores, "stitched_vs_head_max_abs_diff": stitch_delta, "n_test": int(len(test_idx))}
+    head_pred = head_proba.argmax(axis=1)
     save_model(model, run / "model.h5", names, image_size=config.image_size, backbone=config.backbone,
                kind="transfer")
     run.record("model.h5")
@@ -227,6 +300,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         image_size=config.image_size,
         cache=str(Path(extraction.cache_path).resolve()),  # usable from any working folder
         head={k: (list(v) if isinstance(v, tuple) else v) for k, v in head.get_params().items()},
+        baseline=describe_estimator(base),
         baseline_c=baseline_c,
         best_epoch=head.best_epoch_,
         epochs_run=len(head.history_["loss"]),
@@ -236,16 +310,16 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
         n_skipped=len(extraction.skipped),
         images_computed=extraction.computed,
         images_reused=extraction.reused,
-        seconds={"extract": extraction.seconds, "head": head_seconds, "baseline": baseline_seconds,
+        seconds={"extract": extraction.seconds, "head": models.head_seconds, "baseline": models.baseline_seconds,
                  "total": time.perf_counter() - started},
         features={"path": "streamed" if streamed else "in memory", "memory_budget": budget,
                   "split_bytes": need,
-                  "baseline": "SGDClassifier(log_loss), partial_fit" if streamed else baseline},
+                  "baseline": "SGDClassifier(log_loss), partial_fit" if streamed else models.baseline_name},
         machine=machine_summary(),
         search=search,
         views=None if views is None else {**views.summary(), "baseline": BASELINE_USES_VIEWS},
     ).save(run)
-    logger.info(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
+    logger.info(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {models.baseline_name}: "
                 f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
 
