@@ -84,7 +84,7 @@ def test_train_over_budget_streams_from_the_cache(shapes_dir, tmp_path, logged):
     assert type(result.baseline[-1]).__name__ == "SGDClassifier"
     ran = json.loads((result.run_dir / "run.json").read_text())["baseline"]  # what ran, not the "logreg" asked for
     assert ran.startswith("StandardScaler() + SGDClassifier(alpha=") and "loss='log_loss'" in ran
-    assert result.metrics["baseline"] == ran and any(f"(baseline {ran}: " in line for line in lines), lines
+    assert result.metrics["baseline"] == ran and any(f"(baseline {ran}: " in line for line in logged()), logged()
     history = json.loads((result.run_dir / "history.json").read_text())
     assert len(history["loss"]) == 4 and all(np.isfinite(history["val_loss"]))
     assert 0 <= result.metrics["test_accuracy"] <= 1 and result.metrics["stitched_vs_head_max_abs_diff"] <= 1e-4
