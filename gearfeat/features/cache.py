@@ -80,9 +80,7 @@ class FeatureCache:
     def __init__(self, path: Path, attrs: Mapping[str, object]):
         self.path = Path(path)
         self.attrs = dict(attrs)
-        self._keys = np.zeros(0, "S64")  # the sha256 of the rows committed when the file was opened, sorted ...
-        self._order = np.zeros(0, np.int64)  # ... and the row of each: 72 bytes a row, a fifth of a dict's
-        self._index: dict[str, int] = {}  # the rows appended since
+        self._index = KeyIndex()  # each committed row's sha256 and row number: 72 bytes a row
         self._digests = np.zeros(0, "S8")  # the digest of every committed row, as recorded in the file
         self.n_rows = 0
         self.dim: int | None = None
@@ -122,8 +120,7 @@ class FeatureCache:
         aside = self.path.with_suffix(".corrupt")
         os.replace(self.path, aside)
         self.log(f"warning: cache {self.path} failed verification ({reason}); moved to {aside.name} and rebuilding")
-        self._index, self.n_rows, self.dim, self._digests = {}, 0, None, np.zeros(0, "S8")
-        self._keys, self._order = np.zeros(0, "S64"), np.zeros(0, np.int64)
+        self._index, self.n_rows, self.dim, self._digests = KeyIndex(), 0, None, np.zeros(0, "S8")
 
     def _check_and_index(self) -> None:
         try:
@@ -142,12 +139,12 @@ class FeatureCache:
         except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
             raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}")
         self.n_rows, self.dim = n, (dim if n else None)
-        self._order = np.argsort(hashes, kind="stable").astype(np.int64)
-        self._keys = hashes[self._order]
+        self._index = KeyIndex()
+        self._index.add(hashes, np.arange(n, dtype=np.int64))
         self._digests = digests
 
     def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._index or self.find([sha256])[0] >= 0
+        return bool(self.find([sha256])[0] >= 0)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -161,12 +158,7 @@ class FeatureCache:
 
     def find(self, hashes: list[str]) -> np.ndarray:
         """Row numbers of these image hashes, -1 for those not cached."""
-        keys = np.array(hashes, dtype="S64")
-        at = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
-        rows = np.where(self._keys[at] == keys, self._order[at], -1) if len(self._keys) else np.full(len(keys), -1)
-        if self._index:
-            rows = np.array([self._index.get(h, r) for h, r in zip(hashes, rows.tolist())], dtype=np.int64)
-        return rows.astype(np.int64)
+        return self._index.find(np.array(hashes, dtype="S64"))
 
     def read(self, hashes: list[str]) -> np.ndarray:
         """The (N, D) float32 features of these image hashes, in the order given, each row checked against its
@@ -214,7 +206,7 @@ class FeatureCache:
                 self.log(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied its "
                          f"{self.n_rows} committed rows to a fresh file")
         start = self.n_rows
-        self._index.update({h: start + i for i, h in enumerate(hashes)})
+        self._index.add(columns["sha256"], np.arange(start, start + n_new, dtype=np.int64))
         self._digests = np.concatenate([self._digests, columns["digest"]])
         self.n_rows, self.dim = start + n_new, dim
         self.pending = max(0, self.pending - n_new)
@@ -267,16 +259,19 @@ class FeatureCache:
             f.attrs["n_rows"] = stop
 
     def _rewrite(self) -> bool:
-        """Replace the file with a fresh copy of its committed, verified rows (atomic rename); False if not possible."""
+        """Replace the file with a fresh copy of its committed, verified rows (atomic rename), copied a window of
+        :data:`_READ_BYTES` at a time; False if not possible (a row fails its digest, or a read or write fails)."""
         try:
-            with h5py.File(self.path, "r") as old:
-                columns = {key: old[key][: self.n_rows] for key in _COLUMNS}
-            if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
-                return False
-            with atomic_path(self.path) as tmp:
-                self._write(tmp, 0, columns)
+            with h5py.File(self.path, "r") as old, atomic_path(self.path) as tmp:
+                span = max(1, _READ_BYTES // max(4 * int(old["features"].shape[1]), 1))
+                for start in range(0, max(self.n_rows, 1), span):  # one window at least: an empty file is a file
+                    stop = min(start + span, self.n_rows)
+                    columns = {key: old[key][start:stop] for key in _COLUMNS}
+                    if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
+                        raise CacheCorrupt(f"a row of {start}-{stop - 1} fails its digest")
+                    self._write(tmp, start, columns)
             return True
-        except (GearfeatError, *_H5_ERRORS):  # atomic_path turns a failed write into a GearfeatError
+        except (CacheCorrupt, GearfeatError, *_H5_ERRORS):  # atomic_path turns a failed write into a GearfeatError
             return False
 
     def _create(self, f: h5py.File, dim: int) -> None:
@@ -290,6 +285,40 @@ class FeatureCache:
         f.create_dataset("digest", (0,), "S8", maxshape=(None,), chunks=(4096,))
         f.create_dataset("path", (0,), _STR, maxshape=(None,), chunks=(1024,))
         f.create_dataset("label", (0,), _STR, maxshape=(None,), chunks=(1024,))
+
+
+class KeyIndex:
+    """Row numbers by sha256 without a Python object per row: sorted runs of (key, row) arrays, 72 bytes a row.
+
+    :meth:`add` sorts the new keys into a run of their own, then merges it with the runs before it while the last
+    of them is no larger (a binary counter: each key is merged O(log N) times, and there are O(log N) runs), so
+    that the keys of a file opened with 1M rows stay one run while a session's 256-row appends come and go.
+    :meth:`find` searches each run; a key added more than once has its last row.
+    """
+
+    def __init__(self):
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Index ``rows`` (int64) under ``keys`` (S64), later than every key added before."""
+        keys, rows = np.asarray(keys, "S64"), np.asarray(rows, np.int64)
+        while self._runs and len(self._runs[-1][0]) <= len(keys):
+            older_keys, older_rows = self._runs.pop()
+            keys, rows = np.concatenate([older_keys, keys]), np.concatenate([older_rows, rows])
+        order = np.argsort(keys, kind="stable")  # equal keys keep the order they were added in
+        if len(keys):
+            self._runs.append((keys[order], rows[order]))
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The row of each of ``keys`` (S64), -1 for a key never added."""
+        found = np.full(len(keys), -1, np.int64)
+        for run_keys, run_rows in self._runs:  # oldest first: a later run's row wins
+            at = np.maximum(np.searchsorted(run_keys, keys, side="right") - 1, 0)  # the last of equal keys
+            found = np.where(run_keys[at] == keys, run_rows[at], found)
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys, _ in self._runs)
 
 
 class FeatureRows:
