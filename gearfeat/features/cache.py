@@ -36,7 +36,7 @@ import shutil
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -67,7 +67,7 @@ def fingerprint(attrs: Mapping[str, object]) -> str:
 def row_digest(features: np.ndarray) -> np.ndarray:
     """Per-row 8-byte blake2b digests of float32 feature rows, as an (N,) array of bytes."""
     rows = np.ascontiguousarray(features, dtype=np.float32)
-    return np.array([hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows], dtype="S8")
+    return np.array([hashlib.blake2b(r, digest_size=8).digest() for r in rows], dtype="S8")  # no copy of a row
 
 
 class CacheCorrupt(Exception):
@@ -328,12 +328,21 @@ class FeatureRows:
     recorded when the view was made (the file's as the cache opened it), the first time this view reads it:
     a damaged row, or a file rebuilt since, is an error before its features are handed out (a one-line
     GearfeatError naming the file; :class:`CacheCorrupt` for an unlocked view, read by the open cache, which
-    moves the file aside). ``np.asarray(view)`` reads them all.
+    moves the file aside). ``np.asarray(view)`` reads them all. ``window_bytes``: the most feature bytes one read
+    holds, unless a call says otherwise.
     """
 
-    def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True):
+    def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True,
+                 window_bytes: int = _READ_BYTES):
         self.path, self.rows, self.digests, self.dim, self.locked = Path(path), rows, digests, dim, locked
+        self.window_bytes = int(window_bytes)
         self._checked = np.zeros(len(rows), bool)
+
+    def subset(self, indexes: np.ndarray, *, window_bytes: int | None = None) -> "FeatureRows":
+        """The view of the positions ``indexes`` of this one (e.g. a split's rows), read on demand as this one is."""
+        indexes = np.asarray(indexes, np.int64)
+        return FeatureRows(self.path, self.rows[indexes], self.digests[indexes], self.dim, locked=self.locked,
+                           window_bytes=self.window_bytes if window_bytes is None else window_bytes)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -358,18 +367,18 @@ class FeatureRows:
             features[at] = block
         return features
 
-    def windows(self, indexes: np.ndarray, *,
-                window_bytes: int = _READ_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def windows(self, indexes: np.ndarray | None = None, *,
+                window_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(at, features)`` pairs covering the positions ``indexes`` in the order of their rows in the file:
-        ``features`` are those of ``indexes[at]``. Each pair comes from one contiguous read of at most
-        ``window_bytes`` (h5py reads a slice far faster than scattered rows; a split takes most of each
-        256-row HDF5 chunk anyway)."""
-        indexes = np.asarray(indexes, np.int64)
+        ``features`` are those of ``indexes[at]`` (default: every position). Each pair comes from one contiguous
+        read of at most ``window_bytes`` (default: the view's; h5py reads a slice far faster than scattered rows;
+        a split takes most of each 256-row HDF5 chunk anyway)."""
+        indexes = np.arange(len(self.rows)) if indexes is None else np.asarray(indexes, np.int64)
         if not len(indexes):
             return
         order = np.argsort(self.rows[indexes], kind="stable")
         rows = self.rows[indexes][order]  # increasing
-        span = max(1, window_bytes // max(4 * self.dim, 1))
+        span = self._span(window_bytes)
         with _locked(self.path, write=False, log=_stderr) if self.locked else nullcontext():
             try:
                 with h5py.File(self.path, "r") as f:
@@ -379,7 +388,9 @@ class FeatureRows:
                         start = int(rows[first])
                         last = int(np.searchsorted(rows, start + span, side="left"))
                         at = order[first:last]
-                        block = features[start:int(rows[last - 1]) + 1][rows[first:last] - start]
+                        block = features[start:int(rows[last - 1]) + 1]
+                        if (np.diff(rows[first:last]) != 1).any():  # gaps or repeats: only the rows asked for
+                            block = block[rows[first:last] - start]
                         self._check(indexes[at], block)
                         yield at, block
                         first = last
@@ -394,7 +405,20 @@ class FeatureRows:
                 raise GearfeatError(f"cannot read cache {self.path}: {first_line(exc)}; run again: the extraction "
                                     "moves a damaged file aside and rebuilds it") from None
 
-    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int = _READ_BYTES) -> np.memmap:
+    def apply(self, function: Callable[[np.ndarray], np.ndarray], indexes: np.ndarray | None = None, *,
+              window_bytes: int | None = None) -> np.ndarray:
+        """``function`` of the features of the positions ``indexes`` (default: all), applied a window at a time and
+        put together in ``indexes``' order: for functions that treat rows independently, such as predictions."""
+        indexes = np.arange(len(self.rows)) if indexes is None else np.asarray(indexes, np.int64)
+        out = None
+        for at, X in self.windows(indexes, window_bytes=window_bytes):
+            value = np.asarray(function(X))
+            if out is None:
+                out = np.empty((len(indexes), *value.shape[1:]), value.dtype)
+            out[at] = value
+        return np.zeros(0) if out is None else out
+
+    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int | None = None) -> np.memmap:
         """Write the features of ``indexes`` (in that order) to the ``.npy`` file ``path``, a window at a time, and
         return it memory-mapped read-only: worker processes map the same file (joblib passes a memmap by
         reference) instead of each receiving a copy."""
@@ -405,14 +429,15 @@ class FeatureRows:
         del out
         return np.load(path, mmap_mode="r")
 
-    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int = _READ_BYTES
+    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(at, features)`` pairs covering ``indexes`` (``features`` those of ``indexes[at]``) for one pass of
         streamed training: the rows are cut into windows of consecutive rows in the file (``window_bytes``
-        each), the windows come in an order drawn from ``seed`` and the rows of each window are shuffled. Not a
-        full shuffle: rows of one window stay together in the pass. One contiguous read per window."""
+        each, default the view's), the windows come in an order drawn from ``seed`` and the rows of each window are
+        shuffled. Not a full shuffle: rows of one window stay together in the pass. One contiguous read per
+        window."""
         indexes = np.asarray(indexes, np.int64)
-        span = max(1, window_bytes // max(4 * self.dim, 1))
+        span = self._span(window_bytes)
         by_row = np.argsort(self.rows[indexes], kind="stable")
         rng = np.random.default_rng(seed)
         groups = [by_row[i:i + span] for i in range(0, len(by_row), span)]
@@ -421,6 +446,10 @@ class FeatureRows:
             block = self.read(indexes[at])
             mix = rng.permutation(len(at))
             yield at[mix], block[mix]
+
+    def _span(self, window_bytes: int | None) -> int:
+        """Rows in a window of ``window_bytes`` (None: the view's)."""
+        return max(1, (self.window_bytes if window_bytes is None else window_bytes) // max(4 * self.dim, 1))
 
     def _check(self, positions: np.ndarray, block: np.ndarray) -> None:
         fresh = ~self._checked[positions]

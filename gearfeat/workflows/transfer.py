@@ -93,7 +93,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
 
     def apply(function: Callable[[np.ndarray], np.ndarray], part: str) -> np.ndarray:
         """``function`` of the features of one part of the split (a window at a time when streamed)."""
-        return _in_windows(rows, parts[part], function, window) if streamed else function(X_parts[part])
+        return rows.apply(function, parts[part], window_bytes=window) if streamed else function(X_parts[part])
 
     t0 = time.perf_counter()
     if fitted:
@@ -185,19 +185,6 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     log(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {baseline}: "
         f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
-
-
-def _in_windows(rows: FeatureRows, idx: np.ndarray, function: Callable[[np.ndarray], np.ndarray],
-                window_bytes: int) -> np.ndarray:
-    """``function`` of the features of the records ``idx``, read and applied a window at a time; in ``idx``'s
-    order (``function`` must treat rows independently, as predictions do)."""
-    out = None
-    for at, X in rows.windows(idx, window_bytes=window_bytes):
-        value = np.asarray(function(X))
-        if out is None:
-            out = np.empty((len(idx), *value.shape[1:]), value.dtype)
-        out[at] = value
-    return np.zeros(0) if out is None else out
 
 
 def _write_test_predictions(path: Path, dataset: Dataset, test_idx: np.ndarray, head_proba: np.ndarray,
