@@ -155,7 +155,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
 def _trial_features(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path, budget: int,
                     in_process: bool, log: Log) -> Iterator[tuple[np.ndarray | FeatureRows, np.ndarray | FeatureRows]]:
     """The train and validation features of the trials: read into memory within ``budget``; else, for trials in
-    this process, the cache rows themselves (read a window of at most a quarter of the budget at a time), and for
+    this process, the cache rows themselves (read a window of at most a sixteenth of the budget at a time), and for
     workers ``.npy`` files written a window at a time in a temporary folder beside the cache and memory-mapped
     (the folder is removed after)."""
     need = 4 * rows.dim * (len(parts["train"]) + len(parts["val"]))
@@ -163,8 +163,9 @@ def _trial_features(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_pa
         yield rows.read(parts["train"]), rows.read(parts["val"])
         return
     over = f"the trials' features ({size_text(need)}, more than the budget {size_text(budget)})"
-    if in_process:
-        window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
+    if in_process:  # two streams at once (the stacks; the baselines beside), each window copied while it is
+        # shuffled and batched: a quarter of train's window each
+        window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20)) // 4
         log(f"search: {over} are streamed from the cache, {size_text(window)} at a time; baseline trials: SGD "
             "logistic regression of their C")
         yield tuple(rows.subset(parts[name], window_bytes=window) for name in ("train", "val"))
