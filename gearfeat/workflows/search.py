@@ -14,7 +14,8 @@ workers; ``threading`` in threads; ``dask`` (a running ``dask.distributed`` sche
 cluster) spread them over a cluster. The feature arrays are sent once, not read from HDF5 per trial: loky
 memory-maps arrays above joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask
 scatters each array once (joblib's auto-scatter of large arguments, by identity), Ray holds each in its
-object store (put once, read by reference), and threads share them."""
+object store (put once, read by reference), and threads share them. Over ``--memory-budget`` the ``local``
+backend's trials read the cache rows instead, a window at a time (see :func:`search`)."""
 from __future__ import annotations
 
 import os

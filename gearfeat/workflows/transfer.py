@@ -19,7 +19,6 @@ from .._internal.fileio import atomic_path
 from .._internal.system import machine_summary, memory_budget as memory_budget_of, size_text
 from ..data.dataset import Dataset, SplitConfig, write_skipped
 from ..data.images import load_image
-from ..features.cache import FeatureRows
 from ..features.extractor import Extraction, ExtractorConfig
 from ..models.baseline import BASELINE_FILE, fit_streamed_baseline, make_baseline
 from ..models.heads import DenseHead
