@@ -14,7 +14,7 @@ from gearfeat.features.cache import FeatureCache, FeatureRows
 from gearfeat.models.baseline import fit_streamed_baseline
 from gearfeat.models.heads import DenseHead
 from gearfeat.models.stacked import StackedHeads
-from gearfeat.tuning.trials import run_trials
+from gearfeat.tuning.trials import run_trial, run_trials
 from gearfeat.workflows.search import search
 from gearfeat.workflows.train import train
 
@@ -151,6 +151,9 @@ def test_in_process_trials_on_cache_rows_never_hold_a_split(tmp_path):
     assert [t["model"] for t in found] == ["dense", "dense", "logreg"]
     assert all(t["val_accuracy"] > 0.95 for t in found), found
     assert found.best_head.score(X[val], y[val]) > 0.95
+    alone = run_trial(configurations[1], rows.subset(train, window_bytes=window), y[train],
+                      rows.subset(val, window_bytes=window), y[val], n_classes=3)  # a stack of one
+    assert alone["model"] == "dense" and alone["val_accuracy"] == found[1]["val_accuracy"]
 
 
 def test_a_streamed_stack_trains_each_head_as_fit_streamed_does(view):
