@@ -174,3 +174,72 @@ def test_writers_are_serialized_across_processes(tmp_path, logged):
         waited = time.perf_counter() - t0
     holder.join()
     assert waited > 0.5 and logged() and "waiting for another gearfeat process" in logged()[0]
+
+
+def test_a_rewrite_copies_the_committed_rows_a_window_at_a_time(tmp_path, monkeypatch):
+    from gearfeat.features import cache as cache_module
+    n, dim = 6000, 256  # 6 MB of features, copied in windows of 100 rows
+    hashes = [f"{i:064x}" for i in range(n)]
+    feats = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, [f"p{i}" for i in range(n)], ["a"] * n)
+        monkeypatch.setattr(cache_module, "_READ_BYTES", 100 * dim * 4)
+        tracemalloc.start()
+        assert cache._rewrite()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < feats.nbytes / 10, peak
+        cache.append(["f" * 64], feats[:1], ["new"], ["b"])  # the fresh file takes appends
+    with FeatureCache.open(tmp_path, ATTRS, write=False) as cache:
+        assert len(cache) == n + 1
+        np.testing.assert_array_equal(cache.read(hashes[::7] + ["f" * 64]), np.concatenate([feats[::7], feats[:1]]))
+    with h5py.File(FeatureCache.path_for(tmp_path, ATTRS)) as f:
+        assert f["path"][n - 1].decode() == f"p{n - 1}" and f["label"][n].decode() == "b"
+
+
+def test_a_rewrite_refuses_a_damaged_row_and_keeps_the_file(tmp_path):
+    hashes, feats = _rows(300, dim=8)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, feats, ["p"] * 300, ["a"] * 300)
+        with h5py.File(cache.path, "a") as f:
+            f["features"][200, 1] = 7.5
+        assert not cache._rewrite()
+    with h5py.File(FeatureCache.path_for(tmp_path, ATTRS)) as f:
+        assert f["features"][200, 1] == 7.5  # not replaced
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_appended_rows_are_indexed_in_sorted_runs_not_a_dict_per_row(tmp_path):
+    from gearfeat.features.cache import KeyIndex
+    rng = np.random.default_rng(2)
+    n = 100_000
+    keys = np.array([f"{k:064x}" for k in rng.permutation(10 * n)[:n]], "S64")
+    tracemalloc.start()
+    index = KeyIndex()
+    at = 0
+    while at < n:  # commits of 1 to 512 rows, as extraction's are
+        size = int(rng.integers(1, 513))
+        index.add(keys[at:at + size], np.arange(at, min(at + size, n)))
+        at += size
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert held < 100 * n, held  # 72 bytes a row; a dict of str keys takes about 200
+    assert len(index._runs) <= int(np.log2(n)) + 1 and len(index) == n
+    probe = rng.permutation(n)[:5000]
+    np.testing.assert_array_equal(index.find(keys[probe]), probe)
+    assert (index.find(np.array(["e" * 64, "0" * 64], "S64")) == -1).all()
+    index.add(keys[:1], [n])  # a key added again: its last row
+    assert index.find(keys[:1])[0] == n
+
+
+def test_rows_appended_in_a_session_are_found_with_the_committed_ones(tmp_path):
+    hashes, feats = _rows(2000, dim=4)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes[:1000], feats[:1000], ["p"] * 1000, ["a"] * 1000)
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        for start in range(1000, 2000, 100):
+            cache.append(hashes[start:start + 100], feats[start:start + 100], ["p"] * 100, ["a"] * 100)
+            assert hashes[start + 99] in cache and (start == 1900 or hashes[start + 100] not in cache)
+        np.testing.assert_array_equal(cache.find(hashes[::-3]), np.arange(2000)[::-3])
+        assert hashes[1999] in cache and "e" * 64 not in cache
+        np.testing.assert_array_equal(cache.read(hashes[995:1005]), feats[995:1005])

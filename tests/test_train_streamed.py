@@ -1,6 +1,7 @@
 """Caches larger than memory (issue 20): --memory-budget, the head and the baseline trained on features streamed
 from the HDF5 cache, and search trials on memory-mapped arrays."""
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,9 +10,11 @@ from gearfeat._internal.errors import GearfeatError
 from gearfeat._internal.system import memory_budget
 from gearfeat.cli import main
 from gearfeat.data.dataset import SplitConfig
-from gearfeat.features.cache import FeatureCache
+from gearfeat.features.cache import FeatureCache, FeatureRows
 from gearfeat.models.baseline import fit_streamed_baseline
 from gearfeat.models.heads import DenseHead
+from gearfeat.models.stacked import StackedHeads
+from gearfeat.tuning.trials import run_trial, run_trials
 from gearfeat.workflows.search import search
 from gearfeat.workflows.train import train
 
@@ -102,19 +105,66 @@ def test_a_bad_budget_is_one_line_before_any_work(shapes_dir, tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
-def test_search_over_budget_gives_the_trials_memory_mapped_arrays(shapes_dir, tmp_path, monkeypatch, logged):
+@pytest.mark.parametrize("backend", ["local", "loky"])
+def test_search_over_budget_streams_in_process_and_maps_arrays_for_workers(shapes_dir, tmp_path, monkeypatch,
+                                                                          backend, logged):
     from gearfeat.workflows import search as search_module
     seen = []
     real = search_module.run_trials
 
     def spy(configurations, X_train, y_train, X_val, y_val, **kwargs):
-        seen.append((isinstance(X_train, np.memmap), isinstance(X_val, np.memmap), X_train.shape))
+        seen.append((type(X_train), type(X_val), X_train.shape))
         return real(configurations, X_train, y_train, X_val, y_val, **kwargs)
 
     monkeypatch.setattr(search_module, "run_trials", spy)
-    search(shapes_dir, tmp_path / "run", space={"hidden": [[16]], "epochs": [2], "baseline_c": [1.0]}, n_trials=None,
-           config=tiny_config(), split=SplitConfig(seed=1), cache_dir=tmp_path / "cache", memory_budget="10kB",
-           progress=False)
-    assert seen and seen[0][:2] == (True, True), seen  # joblib hands a memmap to loky workers by reference
-    assert any("memory-mapped from" in line for line in logged()), logged()
+    result = search(shapes_dir, tmp_path / "run", space={"hidden": [[16]], "epochs": [2], "baseline_c": [1.0]},
+                    n_trials=None, config=tiny_config(), split=SplitConfig(seed=1), cache_dir=tmp_path / "cache",
+                    memory_budget="10kB", backend=backend, jobs=2, progress=False)
+    expected = FeatureRows if backend == "local" else np.memmap  # joblib hands a memmap to loky by reference
+    assert seen and seen[0][:2] == (expected, expected), seen
+    said = "streamed from the cache" if backend == "local" else "memory-mapped from"
+    assert any(said in line for line in logged()), logged()
+    assert {t["model"] for t in result.trials} == {"dense", "logreg"}
+    assert all(0 <= t["val_accuracy"] <= 1 and np.isfinite(t["val_loss"]) for t in result.trials)
     assert not list((tmp_path / "cache").glob(".gearfeat-trials-*"))  # removed after the trials
+
+
+def test_in_process_trials_on_cache_rows_never_hold_a_split(tmp_path):
+    X, y = blobs(8000, dim=1024, classes=3, seed=4)  # 33 MB of features
+    hashes = [f"{i:064x}" for i in range(len(X))]
+    with FeatureCache.open(tmp_path, ATTRS) as cache:
+        cache.append(hashes, X, ["p"] * len(X), ["a"] * len(X))
+        rows = cache.view(cache.rows(hashes))
+    train, val = np.arange(6000), np.arange(6000, 8000)
+    window = 64 * 1024 * 4
+    configurations = [{"hidden": [16], "epochs": 2, "learning_rate": lr} for lr in (1e-3, 1e-2)] + \
+        [{"baseline": "logreg", "baseline_c": 1.0}]
+    tracemalloc.start()
+    found = run_trials(configurations, rows.subset(train, window_bytes=window), y[train],
+                       rows.subset(val, window_bytes=window), y[val], n_classes=3, backend="local", progress=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    split = 4 * 1024 * len(train)
+    assert peak < split / 4, (peak, split)  # windows of 64 rows; the split is never read whole
+    assert [t["model"] for t in found] == ["dense", "dense", "logreg"]
+    assert all(t["val_accuracy"] > 0.95 for t in found), found
+    assert found.best_head.score(X[val], y[val]) > 0.95
+    alone = run_trial(configurations[1], rows.subset(train, window_bytes=window), y[train],
+                      rows.subset(val, window_bytes=window), y[val], n_classes=3)  # a stack of one
+    assert alone["model"] == "dense" and alone["val_accuracy"] == found[1]["val_accuracy"]
+
+
+def test_a_streamed_stack_trains_each_head_as_fit_streamed_does(view):
+    rows, X, y = view
+    train, val = np.arange(1000), np.arange(1000, 1500)
+    window = 100 * 16 * 4
+    specs = [DenseHead(hidden=(8,), dropout=0.0, l2=l2, learning_rate=lr, batch_size=32, epochs=6, patience=1)
+             for l2, lr in ((0.0, 1e-3), (1e-3, 3e-2))]
+    stack = StackedHeads(specs).fit(rows.subset(train, window_bytes=window), y[train],
+                                    validation_data=(rows.subset(val), y[val]), classes=range(3))
+    for i, spec in enumerate(specs):
+        alone = DenseHead(**spec.get_params()).fit_streamed(rows, train, y[train], validation=(val, y[val]),
+                                                            classes=range(3), window_bytes=window)
+        np.testing.assert_allclose(stack.histories_[i]["val_loss"], alone.history_["val_loss"], rtol=2e-4)
+        assert stack.best_epochs_[i] == alone.best_epoch_
+        np.testing.assert_allclose(stack.predict_proba(rows.subset(val))[i], alone.predict_proba(X[val]), atol=2e-4)

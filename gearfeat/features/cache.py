@@ -36,7 +36,7 @@ import os
 import shutil
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -69,7 +69,7 @@ def fingerprint(attrs: Mapping[str, object]) -> str:
 def row_digest(features: np.ndarray) -> np.ndarray:
     """Per-row 8-byte blake2b digests of float32 feature rows, as an (N,) array of bytes."""
     rows = np.ascontiguousarray(features, dtype=np.float32)
-    return np.array([hashlib.blake2b(r.tobytes(), digest_size=8).digest() for r in rows], dtype="S8")
+    return np.array([hashlib.blake2b(r, digest_size=8).digest() for r in rows], dtype="S8")  # no copy of a row
 
 
 class CacheCorrupt(Exception):
@@ -82,9 +82,7 @@ class FeatureCache:
     def __init__(self, path: Path, attrs: Mapping[str, object]):
         self.path = Path(path)
         self.attrs = dict(attrs)
-        self._keys = np.zeros(0, "S64")  # the sha256 of the rows committed when the file was opened, sorted ...
-        self._order = np.zeros(0, np.int64)  # ... and the row of each: 72 bytes a row, a fifth of a dict's
-        self._index: dict[str, int] = {}  # the rows appended since
+        self._index = KeyIndex()  # each committed row's sha256 and row number: 72 bytes a row
         self._digests = np.zeros(0, "S8")  # the digest of every committed row, as recorded in the file
         self.n_rows = 0
         self.dim: int | None = None
@@ -124,8 +122,7 @@ class FeatureCache:
         os.replace(self.path, aside)
         logger.warning(f"warning: cache {self.path} failed verification ({reason}); moved to {aside.name} and "
                        "rebuilding")
-        self._index, self.n_rows, self.dim, self._digests = {}, 0, None, np.zeros(0, "S8")
-        self._keys, self._order = np.zeros(0, "S64"), np.zeros(0, np.int64)
+        self._index, self.n_rows, self.dim, self._digests = KeyIndex(), 0, None, np.zeros(0, "S8")
 
     def _check_and_index(self) -> None:
         try:
@@ -144,12 +141,12 @@ class FeatureCache:
         except Exception as exc:  # h5py raises OSError/KeyError/RuntimeError on damaged files
             raise CacheCorrupt(f"unreadable HDF5: {first_line(exc)}")
         self.n_rows, self.dim = n, (dim if n else None)
-        self._order = np.argsort(hashes, kind="stable").astype(np.int64)
-        self._keys = hashes[self._order]
+        self._index = KeyIndex()
+        self._index.add(hashes, np.arange(n, dtype=np.int64))
         self._digests = digests
 
     def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._index or self.find([sha256])[0] >= 0
+        return bool(self.find([sha256])[0] >= 0)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -163,12 +160,7 @@ class FeatureCache:
 
     def find(self, hashes: list[str]) -> np.ndarray:
         """Row numbers of these image hashes, -1 for those not cached."""
-        keys = np.array(hashes, dtype="S64")
-        at = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
-        rows = np.where(self._keys[at] == keys, self._order[at], -1) if len(self._keys) else np.full(len(keys), -1)
-        if self._index:
-            rows = np.array([self._index.get(h, r) for h, r in zip(hashes, rows.tolist())], dtype=np.int64)
-        return rows.astype(np.int64)
+        return self._index.find(np.array(hashes, dtype="S64"))
 
     def read(self, hashes: list[str]) -> np.ndarray:
         """The (N, D) float32 features of these image hashes, in the order given, each row checked against its
@@ -216,7 +208,7 @@ class FeatureCache:
                 logger.warning(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied "
                                f"its {self.n_rows} committed rows to a fresh file")
         start = self.n_rows
-        self._index.update({h: start + i for i, h in enumerate(hashes)})
+        self._index.add(columns["sha256"], np.arange(start, start + n_new, dtype=np.int64))
         self._digests = np.concatenate([self._digests, columns["digest"]])
         self.n_rows, self.dim = start + n_new, dim
         self.pending = max(0, self.pending - n_new)
@@ -269,16 +261,19 @@ class FeatureCache:
             f.attrs["n_rows"] = stop
 
     def _rewrite(self) -> bool:
-        """Replace the file with a fresh copy of its committed, verified rows (atomic rename); False if not possible."""
+        """Replace the file with a fresh copy of its committed, verified rows (atomic rename), copied a window of
+        :data:`_READ_BYTES` at a time; False if not possible (a row fails its digest, or a read or write fails)."""
         try:
-            with h5py.File(self.path, "r") as old:
-                columns = {key: old[key][: self.n_rows] for key in _COLUMNS}
-            if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
-                return False
-            with atomic_path(self.path) as tmp:
-                self._write(tmp, 0, columns)
+            with h5py.File(self.path, "r") as old, atomic_path(self.path) as tmp:
+                span = max(1, _READ_BYTES // max(4 * int(old["features"].shape[1]), 1))
+                for start in range(0, max(self.n_rows, 1), span):  # one window at least: an empty file is a file
+                    stop = min(start + span, self.n_rows)
+                    columns = {key: old[key][start:stop] for key in _COLUMNS}
+                    if not np.array_equal(row_digest(columns["features"]), columns["digest"]):
+                        raise CacheCorrupt(f"a row of {start}-{stop - 1} fails its digest")
+                    self._write(tmp, start, columns)
             return True
-        except (GearfeatError, *_H5_ERRORS):  # atomic_path turns a failed write into a GearfeatError
+        except (CacheCorrupt, GearfeatError, *_H5_ERRORS):  # atomic_path turns a failed write into a GearfeatError
             return False
 
     def _create(self, f: h5py.File, dim: int) -> None:
@@ -294,6 +289,40 @@ class FeatureCache:
         f.create_dataset("label", (0,), _STR, maxshape=(None,), chunks=(1024,))
 
 
+class KeyIndex:
+    """Row numbers by sha256 without a Python object per row: sorted runs of (key, row) arrays, 72 bytes a row.
+
+    :meth:`add` sorts the new keys into a run of their own, then merges it with the runs before it while the last
+    of them is no larger (a binary counter: each key is merged O(log N) times, and there are O(log N) runs), so
+    that the keys of a file opened with 1M rows stay one run while a session's 256-row appends come and go.
+    :meth:`find` searches each run; a key added more than once has its last row.
+    """
+
+    def __init__(self):
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Index ``rows`` (int64) under ``keys`` (S64), later than every key added before."""
+        keys, rows = np.asarray(keys, "S64"), np.asarray(rows, np.int64)
+        while self._runs and len(self._runs[-1][0]) <= len(keys):
+            older_keys, older_rows = self._runs.pop()
+            keys, rows = np.concatenate([older_keys, keys]), np.concatenate([older_rows, rows])
+        order = np.argsort(keys, kind="stable")  # equal keys keep the order they were added in
+        if len(keys):
+            self._runs.append((keys[order], rows[order]))
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The row of each of ``keys`` (S64), -1 for a key never added."""
+        found = np.full(len(keys), -1, np.int64)
+        for run_keys, run_rows in self._runs:  # oldest first: a later run's row wins
+            at = np.maximum(np.searchsorted(run_keys, keys, side="right") - 1, 0)  # the last of equal keys
+            found = np.where(run_keys[at] == keys, run_rows[at], found)
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys, _ in self._runs)
+
+
 class FeatureRows:
     """Some rows of a cache file (``rows``, in this order), read on demand without loading the others.
 
@@ -301,12 +330,21 @@ class FeatureRows:
     recorded when the view was made (the file's as the cache opened it), the first time this view reads it:
     a damaged row, or a file rebuilt since, is an error before its features are handed out (a one-line
     GearfeatError naming the file; :class:`CacheCorrupt` for an unlocked view, read by the open cache, which
-    moves the file aside). ``np.asarray(view)`` reads them all.
+    moves the file aside). ``np.asarray(view)`` reads them all. ``window_bytes``: the most feature bytes one read
+    holds, unless a call says otherwise.
     """
 
-    def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True):
+    def __init__(self, path: Path, rows: np.ndarray, digests: np.ndarray, dim: int, *, locked: bool = True,
+                 window_bytes: int = _READ_BYTES):
         self.path, self.rows, self.digests, self.dim, self.locked = Path(path), rows, digests, dim, locked
+        self.window_bytes = int(window_bytes)
         self._checked = np.zeros(len(rows), bool)
+
+    def subset(self, indexes: np.ndarray, *, window_bytes: int | None = None) -> "FeatureRows":
+        """The view of the positions ``indexes`` of this one (e.g. a split's rows), read on demand as this one is."""
+        indexes = np.asarray(indexes, np.int64)
+        return FeatureRows(self.path, self.rows[indexes], self.digests[indexes], self.dim, locked=self.locked,
+                           window_bytes=self.window_bytes if window_bytes is None else window_bytes)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -331,18 +369,18 @@ class FeatureRows:
             features[at] = block
         return features
 
-    def windows(self, indexes: np.ndarray, *,
-                window_bytes: int = _READ_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def windows(self, indexes: np.ndarray | None = None, *,
+                window_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(at, features)`` pairs covering the positions ``indexes`` in the order of their rows in the file:
-        ``features`` are those of ``indexes[at]``. Each pair comes from one contiguous read of at most
-        ``window_bytes`` (h5py reads a slice far faster than scattered rows; a split takes most of each
-        256-row HDF5 chunk anyway)."""
-        indexes = np.asarray(indexes, np.int64)
+        ``features`` are those of ``indexes[at]`` (default: every position). Each pair comes from one contiguous
+        read of at most ``window_bytes`` (default: the view's; h5py reads a slice far faster than scattered rows;
+        a split takes most of each 256-row HDF5 chunk anyway)."""
+        indexes = np.arange(len(self.rows)) if indexes is None else np.asarray(indexes, np.int64)
         if not len(indexes):
             return
         order = np.argsort(self.rows[indexes], kind="stable")
         rows = self.rows[indexes][order]  # increasing
-        span = max(1, window_bytes // max(4 * self.dim, 1))
+        span = self._span(window_bytes)
         with _locked(self.path, write=False) if self.locked else nullcontext():
             try:
                 with h5py.File(self.path, "r") as f:
@@ -352,7 +390,9 @@ class FeatureRows:
                         start = int(rows[first])
                         last = int(np.searchsorted(rows, start + span, side="left"))
                         at = order[first:last]
-                        block = features[start:int(rows[last - 1]) + 1][rows[first:last] - start]
+                        block = features[start:int(rows[last - 1]) + 1]
+                        if (np.diff(rows[first:last]) != 1).any():  # gaps or repeats: only the rows asked for
+                            block = block[rows[first:last] - start]
                         self._check(indexes[at], block)
                         yield at, block
                         first = last
@@ -367,7 +407,20 @@ class FeatureRows:
                 raise GearfeatError(f"cannot read cache {self.path}: {first_line(exc)}; run again: the extraction "
                                     "moves a damaged file aside and rebuilds it") from None
 
-    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int = _READ_BYTES) -> np.memmap:
+    def apply(self, function: Callable[[np.ndarray], np.ndarray], indexes: np.ndarray | None = None, *,
+              window_bytes: int | None = None) -> np.ndarray:
+        """``function`` of the features of the positions ``indexes`` (default: all), applied a window at a time and
+        put together in ``indexes``' order: for functions that treat rows independently, such as predictions."""
+        indexes = np.arange(len(self.rows)) if indexes is None else np.asarray(indexes, np.int64)
+        out = None
+        for at, X in self.windows(indexes, window_bytes=window_bytes):
+            value = np.asarray(function(X))
+            if out is None:
+                out = np.empty((len(indexes), *value.shape[1:]), value.dtype)
+            out[at] = value
+        return np.zeros(0) if out is None else out
+
+    def to_npy(self, indexes: np.ndarray, path: str | os.PathLike, *, window_bytes: int | None = None) -> np.memmap:
         """Write the features of ``indexes`` (in that order) to the ``.npy`` file ``path``, a window at a time, and
         return it memory-mapped read-only: worker processes map the same file (joblib passes a memmap by
         reference) instead of each receiving a copy."""
@@ -378,14 +431,15 @@ class FeatureRows:
         del out
         return np.load(path, mmap_mode="r")
 
-    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int = _READ_BYTES
+    def shuffled(self, indexes: np.ndarray, *, seed: int, window_bytes: int | None = None
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(at, features)`` pairs covering ``indexes`` (``features`` those of ``indexes[at]``) for one pass of
         streamed training: the rows are cut into windows of consecutive rows in the file (``window_bytes``
-        each), the windows come in an order drawn from ``seed`` and the rows of each window are shuffled. Not a
-        full shuffle: rows of one window stay together in the pass. One contiguous read per window."""
+        each, default the view's), the windows come in an order drawn from ``seed`` and the rows of each window are
+        shuffled. Not a full shuffle: rows of one window stay together in the pass. One contiguous read per
+        window."""
         indexes = np.asarray(indexes, np.int64)
-        span = max(1, window_bytes // max(4 * self.dim, 1))
+        span = self._span(window_bytes)
         by_row = np.argsort(self.rows[indexes], kind="stable")
         rng = np.random.default_rng(seed)
         groups = [by_row[i:i + span] for i in range(0, len(by_row), span)]
@@ -394,6 +448,10 @@ class FeatureRows:
             block = self.read(indexes[at])
             mix = rng.permutation(len(at))
             yield at[mix], block[mix]
+
+    def _span(self, window_bytes: int | None) -> int:
+        """Rows in a window of ``window_bytes`` (None: the view's)."""
+        return max(1, (self.window_bytes if window_bytes is None else window_bytes) // max(4 * self.dim, 1))
 
     def _check(self, positions: np.ndarray, block: np.ndarray) -> None:
         fresh = ~self._checked[positions]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import keras
@@ -213,15 +213,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
         def passes():
             for epoch in range(epochs):
-                carry_x, carry_y = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-                for at, block in features.shuffled(indexes, seed=int(self.seed) * 100003 + epoch,
-                                                   window_bytes=window_bytes):
-                    carry_x, carry_y = np.concatenate([carry_x, block]), np.concatenate([carry_y, y[at]])
-                    while len(carry_x) >= batch_size:
-                        yield carry_x[:batch_size], carry_y[:batch_size]
-                        carry_x, carry_y = carry_x[batch_size:], carry_y[batch_size:]
-                if len(carry_x):
-                    yield carry_x, carry_y
+                yield from streamed_batches(features, indexes, y, batch_size=batch_size, seed=int(self.seed),
+                                            epoch=epoch, window_bytes=window_bytes)
 
         data = tf.data.Dataset.from_generator(passes, output_signature=(
             tf.TensorSpec((None, dim), tf.float32), tf.TensorSpec((None,), tf.int64))).prefetch(2)
@@ -356,6 +349,22 @@ class _EagerValidation(keras.callbacks.Callback):
             right.append(proba.argmax(axis=1) == y)
         logs["val_loss"] = float(np.mean(np.concatenate(losses)) + sum(float(r) for r in self.model.losses))
         logs["val_accuracy"] = float(np.mean(np.concatenate(right)))
+
+
+def streamed_batches(features: FeatureRows, indexes: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
+                     epoch: int, window_bytes: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass (``epoch``) over the positions ``indexes`` of ``features`` and their labels ``y`` in batches of
+    ``batch_size`` (the last one shorter), read from the cache a window at a time in the order
+    :meth:`FeatureRows.shuffled` draws from ``(seed, epoch)``; each window is checked finite. What a streamed
+    :meth:`DenseHead.fit_streamed` and a streamed :class:`~gearfeat.models.stacked.StackedHeads` train on."""
+    carry_x, carry_y = np.zeros((0, features.dim), np.float32), np.zeros(0, np.int64)
+    for at, block in features.shuffled(indexes, seed=int(seed) * 100003 + int(epoch), window_bytes=window_bytes):
+        carry_x, carry_y = np.concatenate([carry_x, _check_features(block)]), np.concatenate([carry_y, y[at]])
+        while len(carry_x) >= batch_size:
+            yield carry_x[:batch_size], carry_y[:batch_size]
+            carry_x, carry_y = carry_x[batch_size:], carry_y[batch_size:]
+    if len(carry_x):
+        yield carry_x, carry_y
 
 
 def shuffled_batches(X: np.ndarray, y: np.ndarray, *, batch_size: int, epochs: int, seed: int) -> tf.data.Dataset:

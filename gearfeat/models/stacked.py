@@ -24,8 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._internal.errors import InvalidArgumentError
+from ..features.cache import FeatureRows
 from .heads import (DenseHead, _check_classes, _check_features, _check_labels, _check_width, _class_indexes,
-                     compile_model)
+                     compile_model, streamed_batches)
+
+Features = np.ndarray | FeatureRows
+"""Features a stack trains on or predicts: an array, or rows of the feature cache read a window at a time."""
 
 STACK_PARAMS = ("hidden", "batch_size")
 """The head parameters that must be equal for heads to train in one stack: the shapes of the arrays."""
@@ -137,12 +141,17 @@ class StackedHeads:
             raise InvalidArgumentError(f"the heads of a stack share {' and '.join(STACK_PARAMS)}; got {sorted(keys)}")
 
     # ------------------------------------------------------------------------------------------ fit
-    def fit(self, X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    def fit(self, X: Features, y: np.ndarray, validation_data: tuple[Features, np.ndarray] | None = None,
             classes: Sequence | None = None) -> StackedHeads:
         """Train every head on ``X`` (N, D) and labels ``y``, each stopping early on ``validation_data`` as
-        ``DenseHead.fit`` does (same arguments, same checks)."""
+        ``DenseHead.fit`` does (same arguments, same checks).
+
+        ``X`` (and the validation features) may be :class:`~gearfeat.features.cache.FeatureRows`: nothing is held
+        whole, the batches of each epoch come from windows read from the cache as
+        :meth:`DenseHead.fit_streamed` reads them (the same batches for the same seed), and the validation pass
+        reads a window at a time."""
         self._check()
-        X = _check_features(X)
+        X = _features(X)
         y = _check_labels(y, len(X))
         self.classes_ = _check_classes(y, classes)
         y = _class_indexes(self.classes_, y, "y")
@@ -150,18 +159,18 @@ class StackedHeads:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise InvalidArgumentError("validation_data must be a pair (features, labels)")
-            X_val = _check_width(_check_features(validation_data[0]), X.shape[1], "validation_data")
+            X_val = _check_width(_features(validation_data[0]), X.shape[1], "validation_data")
             y_val = _class_indexes(self.classes_, _check_labels(validation_data[1], len(X_val)), "validation labels")
         self.n_features_in_ = X.shape[1]
         _Training(self, X, y, X_val, y_val).run()
         return self
 
     # ------------------------------------------------------------------------------------------ results
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: Features) -> np.ndarray:
         """Class probabilities of every head with its kept weights: (heads, N, classes), heads in order."""
         self._fitted()
-        X = _check_width(_check_features(X), self.n_features_in_, "X")
-        return _forward(self.weights_, self._bn, X)
+        X = _check_width(_features(X), self.n_features_in_, "X")
+        return _probabilities(self.weights_, self._bn, X)
 
     def head(self, index: int) -> DenseHead:
         """Head ``index`` as a fitted ``DenseHead`` (its model built and given the kept weights): it predicts
@@ -235,8 +244,9 @@ class _Training:
         self.best_epoch = np.zeros(n, int)
         self.histories = [{"loss": [], "accuracy": []} | ({"val_loss": [], "val_accuracy": []} if X_val is not None
                                                           else {}) for _ in range(n)]
-        self.orders = {seed: _permutations(len(X), seed, int(self.epochs.max()))
-                       for seed in {int(h.seed) for h in heads}}
+        self.streamed = isinstance(X, FeatureRows)
+        self.orders = {} if self.streamed else {seed: _permutations(len(X), seed, int(self.epochs.max()))
+                                                for seed in {int(h.seed) for h in heads}}
         self.dropout_rngs = [[np.random.default_rng([int(h.seed), layer]) for layer in range(len(self.hidden))]
                              for h in heads]
         self.iterations = 0
@@ -255,10 +265,11 @@ class _Training:
         seeds = {int(h.seed) for h in heads}
         loss_sum = np.zeros(len(heads))
         correct = np.zeros(len(heads))
-        for step in range(self.steps):
-            rows = {s: self.orders[s][epoch, step * self.batch_size:(step + 1) * self.batch_size] for s in seeds}
-            loss, right = self._step(heads, rows)
-            count = len(next(iter(rows.values())))
+        streams = {s: self._batches(s, epoch) for s in seeds}
+        for _ in range(self.steps):
+            batches = {s: next(stream) for s, stream in streams.items()}
+            loss, right = self._step(heads, batches)
+            count = len(next(iter(batches.values()))[1])
             loss_sum += loss * count
             correct += right
         penalty = self._penalty()
@@ -272,7 +283,7 @@ class _Training:
             self.best_epoch[self.active] = epoch
             self._finish(finished, current=True)
             return
-        proba = _forward(self.weights, self.bn[self.active], self.X_val)
+        proba = _probabilities(self.weights, self.bn[self.active], self.X_val)
         val_loss = _clipped_cross_entropy(proba, self.y_val) + penalty
         val_acc = np.mean(proba.argmax(axis=2) == self.y_val, axis=1)
         improved = []
@@ -295,6 +306,18 @@ class _Training:
         if improved:
             self.best.copy_heads(self.weights, np.array(improved))
         self._finish(finished, current=False)
+
+    def _batches(self, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The (features, labels) batches of one epoch for the heads of ``seed``: ``DenseHead.fit``'s permutation
+        of the rows in memory, or ``DenseHead.fit_streamed``'s windows of cache rows."""
+        if self.streamed:
+            yield from streamed_batches(self.X, np.arange(len(self.X)), self.y, batch_size=self.batch_size,
+                                        seed=seed, epoch=epoch)
+            return
+        order = self.orders[seed][epoch]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield self.X[rows], self.y[rows]
 
     def _finish(self, finished: np.ndarray, *, current: bool) -> None:
         """Keep the weights of the heads that stop (their best epoch's, or the current ones without validation)
@@ -319,19 +342,20 @@ class _Training:
             total += np.einsum("dhk,dhk->h" if i == 0 else "hik,hik->h", kernel, kernel, dtype=np.float64)
         return total * self.l2[self.active]
 
-    def _step(self, heads: list[DenseHead], rows: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """One training step of every active head on its batch; returns each head's mean cross-entropy and
-        number of right answers on it."""
+    def _step(self, heads: list[DenseHead], batches: dict[int, tuple[np.ndarray, np.ndarray]]
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """One training step of every active head on its batch (``batches``: the (features, labels) of each seed);
+        returns each head's mean cross-entropy and number of right answers on it."""
         active, w = self.active, self.weights
         seeds = [int(h.seed) for h in heads]
-        shared = len(rows) == 1
+        shared = len(batches) == 1
         n_heads = len(active)
         if shared:
-            x0 = self.X[next(iter(rows.values()))]  # (b, D)
-            labels = self.y[next(iter(rows.values()))][None, :]  # (1, b)
+            x0, labels = next(iter(batches.values()))  # (b, D), (b,)
+            labels = labels[None, :]  # (1, b)
         else:
-            x0 = np.stack([self.X[rows[s]] for s in seeds])  # (H, b, D)
-            labels = np.stack([self.y[rows[s]] for s in seeds])
+            x0 = np.stack([batches[s][0] for s in seeds])  # (H, b, D)
+            labels = np.stack([batches[s][1] for s in seeds])
         b = x0.shape[-2]
         rates, bn = self.rate[active], self.bn[active]
         n_layers = len(self.hidden)
@@ -517,6 +541,19 @@ def _forward(w: _Weights, bn: np.ndarray, X: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=2, keepdims=True)
     return z
+
+
+def _probabilities(w: _Weights, bn: np.ndarray, X: Features) -> np.ndarray:
+    """:func:`_forward` of features in memory, or of cache rows a window at a time: (H, N, classes)."""
+    if not isinstance(X, FeatureRows):
+        return _forward(w, bn, X)
+    return X.apply(lambda block: _forward(w, bn, _check_features(block)).transpose(1, 0, 2)).transpose(1, 0, 2)
+
+
+def _features(X: Features) -> Features:
+    """``X`` checked as ``DenseHead.fit`` checks it, or a :class:`FeatureRows` as it is (its windows are checked
+    as they are read)."""
+    return X if isinstance(X, FeatureRows) else _check_features(X)
 
 
 def _clipped_cross_entropy(proba: np.ndarray, y: np.ndarray) -> np.ndarray:

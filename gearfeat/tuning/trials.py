@@ -21,9 +21,10 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from .._internal.progress import Progress
-from ..models.baseline import baseline_name, make_baseline
+from ..features.cache import FeatureRows
+from ..models.baseline import baseline_name, fit_streamed_baseline, make_baseline
 from ..models.heads import DenseHead
-from ..models.stacked import StackedHeads, plan_stacks
+from ..models.stacked import Features, StackedHeads, plan_stacks
 from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
 from .space import BASELINE, kind_of
 
@@ -43,23 +44,37 @@ class Trials(list):
     best_head: DenseHead | None = None
 
 
-def run_trial(params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
+def run_trial(params: Mapping[str, Any], X_train: Features, y_train: np.ndarray, X_val: Features,
               y_val: np.ndarray, n_classes: int, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
     """Train one configuration on the training features and score it on the validation features.
 
     Returns ``model`` ("dense" or the baseline's name, see :func:`baseline_name`), ``val_loss`` (cross-entropy of
     the predicted probabilities; None for a baseline without probabilities), ``val_accuracy``, ``epochs_run``,
     ``best_epoch`` and ``seconds``. ``threads`` sizes TensorFlow's pools if this process has not used them yet.
+
+    Features given as cache rows (:class:`~gearfeat.features.cache.FeatureRows`) are streamed, never held whole:
+    a dense head trains as a stack of one (:func:`run_stack`), and a baseline is the streamed SGD logistic
+    regression of its ``baseline_c`` whatever its ``baseline`` (as ``train`` fits over its memory budget).
     """
     limit_tf_threads(threads)
     start = time.perf_counter()
     if kind_of(params) == BASELINE:
         kind = params.get("baseline", "logreg")
         model = baseline_name(kind)
-        estimator = make_baseline(kind, params.get("baseline_c", 1.0), seed=seed).fit(X_train, y_train)
-        proba = estimator.predict_proba(X_val) if hasattr(estimator, "predict_proba") else None
-        predicted = estimator.predict(X_val)
+        if isinstance(X_train, FeatureRows):
+            everything = np.arange(len(X_train))
+            estimator = fit_streamed_baseline(
+                lambda epoch: ((X, y_train[at]) for at, X in X_train.shuffled(everything, seed=seed + epoch)),
+                range(n_classes), n_rows=len(X_train), C=params.get("baseline_c", 1.0), seed=seed)
+        else:
+            estimator = make_baseline(kind, params.get("baseline_c", 1.0), seed=seed).fit(X_train, y_train)
+        apply = X_val.apply if isinstance(X_val, FeatureRows) else lambda function: function(X_val)
+        proba = apply(estimator.predict_proba) if hasattr(estimator, "predict_proba") else None
+        predicted = apply(estimator.predict)
         epochs_run = best_epoch = None
+    elif isinstance(X_train, FeatureRows):
+        [(_, row)], _ = run_stack([0], [params], X_train, y_train, X_val, y_val, n_classes, seed)
+        return row
     else:
         model = "dense"
         head = DenseHead(**params, seed=seed).fit(X_train, y_train, validation_data=(X_val, y_val),
@@ -90,8 +105,8 @@ def _baseline_work(index: int, params: Mapping[str, Any], *args) -> tuple[list[R
     return [(index, run_trial(params, *_resolved(args)))], None
 
 
-def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
-              y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, n_classes: int, seed: int = 0,
+def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]], X_train: Features,
+              y_train: np.ndarray, X_val: Features, y_val: np.ndarray, n_classes: int, seed: int = 0,
               threads: int | None = None) -> tuple[list[Row], StackedHeads]:
     """Train the dense-head ``configurations`` (trials ``indexes``, one shape) as one stack, each with ``seed``,
     and score each as :func:`run_trial` does. Returns the ``(trial, row)`` pairs, a row's ``seconds`` the stack's
@@ -111,19 +126,19 @@ def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]
     return rows, stack.select([best])
 
 
-def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray, y_train: np.ndarray,
-               X_val: np.ndarray, y_val: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
+def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y_train: np.ndarray,
+               X_val: Features, y_val: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
                jobs: int = -1, backend: str | None = None, address: str | None = None,
                progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
     ``params`` (a baseline estimator by its :func:`baseline_name`). ``backend`` is a name in :data:`BACKENDS`
-    (None: :data:`DEFAULT_BACKEND`)."""
+    (None: :data:`DEFAULT_BACKEND`). Features given as cache rows (:class:`~gearfeat.features.cache.FeatureRows`)
+    are streamed by every trial (see :func:`run_trial`); arrays are sent to the workers once."""
     backend = backend or DEFAULT_BACKEND
     spec = get_backend(backend, address)
     check_jobs(jobs)
-    arrays = [np.ascontiguousarray(X_train, np.float32), np.asarray(y_train, np.int64),
-              np.ascontiguousarray(X_val, np.float32), np.asarray(y_val, np.int64)]
+    arrays = [_features(X_train), np.asarray(y_train, np.int64), _features(X_val), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
     dense = [i for i, params in enumerate(configurations) if kind_of(params) != BASELINE]
     baselines = [i for i, params in enumerate(configurations) if kind_of(params) == BASELINE]
@@ -169,6 +184,11 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
     if best:
         rows.best_head = min(best, key=lambda pair: pair[0])[1].head(0)
     return rows
+
+
+def _features(X: Features) -> Features:
+    """Float32 C-ordered features (no copy when they are: a memory-mapped array stays mapped), or cache rows."""
+    return X if isinstance(X, FeatureRows) else np.ascontiguousarray(X, np.float32)
 
 
 def _in_process(calls: list) -> Iterator[tuple[list[Row], StackedHeads | None]]:

@@ -14,7 +14,8 @@ workers; ``threading`` in threads; ``dask`` (a running ``dask.distributed`` sche
 cluster) spread them over a cluster. The feature arrays are sent once, not read from HDF5 per trial: loky
 memory-maps arrays above joblib's ``max_nbytes`` (1 MB) into a shared folder that every worker maps, dask
 scatters each array once (joblib's auto-scatter of large arguments, by identity), Ray holds each in its
-object store (put once, read by reference), and threads share them."""
+object store (put once, read by reference), and threads share them. Over ``--memory-budget`` the ``local``
+backend's trials read the cache rows instead, a window at a time (see :func:`search`)."""
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,7 @@ from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
 from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
 from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
-from .transfer import check_settings, fit_and_save, training_rows, training_views
+from .transfer import STREAM_WINDOW_BYTES, check_settings, fit_and_save, training_rows, training_views
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     rest of a train run.
 
     ``memory_budget`` (e.g. ``"2GB"``; default a quarter of the RAM): train and validation features of more
-    bytes are written once, a window at a time, to ``.npy`` files beside the cache (removed at the end) and the
-    trials get them memory-mapped (loky's workers map the same files; the in-process backend's heads still copy
-    their training rows into TensorFlow); the winner is finished as ``train`` finishes an over-budget run.
+    bytes are never held whole. The ``local`` backend's trials stream them from the cache a window at a time
+    (the stacks of heads as ``train`` streams its head, each baseline trial as the streamed SGD logistic
+    regression of its C); for the other backends they are written once, a window at a time, to ``.npy`` files
+    beside the cache (removed at the end), which the workers map. The winner is finished as ``train`` finishes
+    an over-budget run.
 
     ``augment`` (an :class:`AugmentConfig` with ``views`` > 0): every trial trains on the plain and the cached
     augmented rows of the training split, and is scored on plain validation images (as ``train``).
@@ -104,7 +107,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     n_trials = None if n_trials == "all" else n_trials  # as --trials all
     configurations = space.configurations(n_trials, seed=split.seed)
     backend = backend or DEFAULT_BACKEND
-    get_backend(backend, address)
+    in_process = get_backend(backend, address).in_process
     check_jobs(jobs)
     budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True)
@@ -115,7 +118,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
                           seed=split.seed)
     training_views(extraction, parts, augment, budget=budget, cache_dir=cache_dir)
     t0 = time.perf_counter()
-    with _trial_arrays(rows, parts, extraction.cache_path, budget) as (X_train, X_val):
+    with _trial_features(rows, parts, extraction.cache_path, budget, in_process) as (X_train, X_val):
         X_train, y_train = training_rows(extraction, parts["train"], X_train)
         found = run_trials(configurations, X_train, y_train, X_val, y[parts["val"]],
                            n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
@@ -159,15 +162,24 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
 
 
 @contextmanager
-def _trial_arrays(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path,
-                  budget: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The train and validation features of the trials: read into memory within ``budget``, else written to
-    ``.npy`` files in a temporary folder beside the cache and memory-mapped (the folder is removed after)."""
+def _trial_features(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_path: Path, budget: int,
+                    in_process: bool) -> Iterator[tuple[np.ndarray | FeatureRows, np.ndarray | FeatureRows]]:
+    """The train and validation features of the trials: read into memory within ``budget``; else, for trials in
+    this process, the cache rows themselves (read a window of at most a sixteenth of the budget at a time), and for
+    workers ``.npy`` files written a window at a time in a temporary folder beside the cache and memory-mapped
+    (the folder is removed after)."""
     need = 4 * rows.dim * (len(parts["train"]) + len(parts["val"]))
     if need <= budget:
         yield rows.read(parts["train"]), rows.read(parts["val"])
         return
+    over = f"the trials' features ({size_text(need)}, more than the budget {size_text(budget)})"
+    if in_process:  # two streams at once (the stacks; the baselines beside), each window copied while it is
+        # shuffled and batched: a quarter of train's window each
+        window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20)) // 4
+        logger.info(f"search: {over} are streamed from the cache, {size_text(window)} at a time; baseline "
+                    "trials: SGD logistic regression of their C")
+        yield tuple(rows.subset(parts[name], window_bytes=window) for name in ("train", "val"))
+        return
     with tempfile.TemporaryDirectory(prefix=".gearfeat-trials-", dir=Path(cache_path).parent) as folder:
-        logger.info(f"search: the trials' features ({size_text(need)}, more than the budget {size_text(budget)}) "
-                    f"are memory-mapped from {folder}")
+        logger.info(f"search: {over} are memory-mapped from {folder}")
         yield tuple(rows.to_npy(parts[name], Path(folder) / f"{name}.npy") for name in ("train", "val"))

@@ -69,7 +69,7 @@ class SplitFeatures:
         """``function`` of the features of one part (a window at a time when streamed; ``function`` must treat
         rows independently, as predictions do)."""
         if self.streamed:
-            return _in_windows(self.rows, self.indexes[part], function, self.window_bytes)
+            return self.rows.apply(function, self.indexes[part], window_bytes=self.window_bytes)
         return function(self.arrays[part])
 
 
@@ -322,19 +322,6 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
     logger.info(f"test accuracy {metrics['test_accuracy']:.4f} (baseline {models.baseline_name}: "
                 f"{metrics['baseline_test_accuracy']:.4f}); wrote {run / 'model.h5'}")
     return FittedRun(metrics, head, base)
-
-
-def _in_windows(rows: FeatureRows, idx: np.ndarray, function: Callable[[np.ndarray], np.ndarray],
-                window_bytes: int) -> np.ndarray:
-    """``function`` of the features of the records ``idx``, read and applied a window at a time; in ``idx``'s
-    order (``function`` must treat rows independently, as predictions do)."""
-    out = None
-    for at, X in rows.windows(idx, window_bytes=window_bytes):
-        value = np.asarray(function(X))
-        if out is None:
-            out = np.empty((len(idx), *value.shape[1:]), value.dtype)
-        out[at] = value
-    return np.zeros(0) if out is None else out
 
 
 def _write_test_predictions(path: Path, dataset: Dataset, test_idx: np.ndarray, head_proba: np.ndarray,
