@@ -231,7 +231,9 @@ def test_fused_adam_updates_as_keras_adam(amsgrad):
 
 def test_baseline_settings_are_named():
     from gearfeat.models.baseline import make_baseline
-    for kind, C, seed, message in ((["logreg"], 1.0, 0, r"baseline \['logreg'\] is not a scikit-learn classifier"),
+    for kind, C, seed, message in ((["logreg"], 1.0, 0, r"baseline \['logreg'\] is not a scikit-learn classifier "
+                                                        r"\(it has no fit or predict\)"),
+                                   ("forest", 1.0, 0, r"^unknown baseline 'forest'; choose one of: logreg, linear_svc, svc$"),
                                    ("logreg", 0.0, 0, "baseline C must be a finite number above 0, got 0.0"),
                                    ("svc", 1.0, -1, "seed must be an integer from 0 to 4294967295, got -1")):
         with pytest.raises(GearfeatError, match=message):
