@@ -16,8 +16,14 @@ stitching and writing the run folder), in the default backend (stacks of heads i
   The naive images are decoded once and held in memory, which favours the naive way. One naive
   configuration is timed after each search, so that both sides share the machine's drifting pace;
 * each dense configuration of the 24-trial search trained alone (one Keras ``DenseHead.fit``, the way trials
-  ran before stacks): the median absolute difference of validation accuracy, and whether the leaderboard's top
-  3 is the same.
+  ran before stacks), with the search's seed and with the next seed: the median absolute difference of
+  validation accuracy, and the leaderboard's top 3 (trial and validation accuracy) stacked, alone and alone
+  with the next seed. A stacked head's dropout masks come from its own NumPy stream, not TensorFlow's, so
+  with dropout it follows another random path than alone, as another seed would: the top 3 alone at two
+  seeds shows how much of a difference that noise makes by itself, and the accuracy the stacked top 3 reach
+  alone tells whether picking by the stacked scores costs anything;
+* the 6 baseline trials in 2 joblib threads against 2 loky processes (their start-up included), which the
+  ``local`` backend's choice of threads rests on.
 
 The ratios are printed last.
 
@@ -25,11 +31,15 @@ The ratios are printed last.
     .venv/bin/python benchmarks/search_bench.py --quick    # smoke run on generated images (CI)
 
 Without ``../shared`` (the gear images and weights) the full benchmark prints why and exits 0; ``--quick``
-runs on generated images with a random-weight backbone at 32 px and needs nothing from ``../shared``.
+runs on generated images with a random-weight backbone at 32 px and needs nothing from ``../shared``; it runs
+the commands in its own process (no warm-up train, no start-up per command) and skips the threads-vs-processes
+timing, so that it stays a short smoke run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -97,16 +107,17 @@ def main() -> int:
     parts = split_dataset(extraction.dataset, seed=args.seed)
     naive = NaiveTimer(extraction, parts, config)
     walls, searches = {}, {}
-    for name, command in [("train (warm-up)", ["train"]), ("train", ["train"]),
+    warm_up = [] if args.quick else [("train (warm-up)", ["train"])]
+    for name, command in [*warm_up, ("train", ["train"]),
                           *((f"search --trials {n}", ["search", *space, "--trials", n]) for n in sizes.values())]:
         out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "gearfeat", command[0], str(data), *common, *command[1:],
-                               "--out", str(out)], capture_output=True, text=True)
+        code, errors = gearfeat_command([command[0], str(data), *common, *command[1:], "--out", str(out)],
+                                        in_process=args.quick)
         walls[name] = time.perf_counter() - start
-        if done.returncode != 0:
-            print(done.stderr[-3000:])
-            raise SystemExit(f"gearfeat {name} failed with exit status {done.returncode}")
+        if code != 0:
+            print(errors[-3000:])
+            raise SystemExit(f"gearfeat {name} failed with exit status {code}")
         print(f"{name}: whole command {walls[name]:.1f} s")
         if command[0] != "search":
             continue
@@ -140,8 +151,19 @@ def main() -> int:
           f"= {naive_total:.0f} s (with the median steady epoch, {naive['epoch_median']:.2f} s, instead: "
           f"{naive_total - dense_epochs * (naive['epoch_seconds'] - naive['epoch_median']):.0f} s)")
 
-    diffs, top3 = alone_agreement(extraction, parts, small["trials"], args.seed)
+    agreement = alone_agreement(extraction, parts, small["trials"], args.seed)
+    pools = None if args.quick else baseline_pools(
+        extraction, parts, [t["params"] for t in whole["trials"] if t["model"] != "dense"], args.seed)
     train = walls["train"]
+    diffs, noise, tops = agreement["diffs"], agreement["seed_diffs"], agreement["tops"]
+    if pools:
+        print(f"baseline trials ({len(pools['threads'][1])}): 2 threads {pools['threads'][0]:.2f} s, 2 loky "
+              f"processes {pools['processes'][0]:.2f} s: "
+              f"{'threads' if pools['threads'][0] <= pools['processes'][0] else 'processes'} faster")
+    for name, top in tops.items():
+        print(f"top 3 {name}: " + ", ".join(f"trial {i} {a:.4f}" for i, a in top))
+    print(f"the stacked top 3 trained alone: mean validation accuracy {agreement['picked']:.4f}, the alone top 3 "
+          f"{agreement['best']:.4f}")
     print(f"\nload average at end {os.getloadavg()}; run folders in {work}")
     print(f"whole search --trials all ({len(whole['trials'])} trials) / one whole warm train: "
           f"{whole['wall'] / train:.2f}x (goal <= 6x)")
@@ -149,9 +171,27 @@ def main() -> int:
     print(f"naive / whole search --trials {sizes['24']}: {naive_total / small['wall']:.0f}x (goal >= 100x; trials "
           f"phase alone: {naive_total / small['trials_seconds']:.0f}x)")
     print(f"stacked vs alone validation accuracy, |difference| over {len(diffs)} dense configurations: median "
-          f"{float(np.median(diffs)):.4f}, max {max(diffs):.4f} (goal median <= 0.005); leaderboard top 3 the same "
-          f"as trained alone: {top3}")
+          f"{float(np.median(diffs)):.4f}, max {max(diffs):.4f} (goal median <= 0.005); alone vs alone with the next "
+          f"seed: median {float(np.median(noise)):.4f}, max {max(noise):.4f}")
+    same = [i for i, _ in tops["stacked"]] == [i for i, _ in tops["alone"]]
+    seeds_same = [i for i, _ in tops["alone"]] == [i for i, _ in tops["alone, next seed"]]
+    print(f"leaderboard top 3 the same as trained alone: {same}; alone the same at the next seed: {seeds_same}"
+          + ("" if same or seeds_same else " (the top 3 is within seed noise: another seed reorders it alone too)"))
     return 0
+
+
+def gearfeat_command(argv: list[str], *, in_process: bool) -> tuple[int, str]:
+    """Run ``gearfeat ARGV``: a fresh process (the whole command's cost), or, for --quick, in this one (no
+    start-up; the smoke run stays short). Returns the exit status and the command's error output."""
+    if not in_process:
+        done = subprocess.run([sys.executable, "-m", "gearfeat", *argv], capture_output=True, text=True)
+        return done.returncode, done.stderr
+    from gearfeat.cli import main as gearfeat_main
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        code = gearfeat_main(argv)
+    return code, output.getvalue()
 
 
 def dense_of(trials: list[dict]) -> list[dict]:
@@ -159,23 +199,50 @@ def dense_of(trials: list[dict]) -> list[dict]:
     return [t for t in trials if t["model"] == "dense"]
 
 
-def alone_agreement(extraction, parts, trials: list[dict], seed: int) -> tuple[list[float], bool]:
-    """Each dense trial of a search trained alone (one Keras ``DenseHead.fit``, as before stacks): the absolute
-    differences of validation accuracy, and whether the leaderboard's top 3 (baselines as they were) is the same."""
+def alone_agreement(extraction, parts, trials: list[dict], seed: int) -> dict:
+    """Each dense trial of a search trained alone (one Keras ``DenseHead.fit``, as before stacks) with ``seed``
+    and with ``seed + 1``: ``diffs`` (|validation accuracy stacked - alone|), ``seed_diffs`` (alone at the two
+    seeds), ``tops`` (the leaderboard's top 3 as (trial, validation accuracy), baselines as they were, for
+    each), and the mean validation accuracy alone of the stacked top 3 (``picked``) and of the alone top 3
+    (``best``)."""
     from gearfeat.tuning.trials import rank_trials, run_trial
 
     X, y = extraction.features, extraction.dataset.labels
     arrays = (X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]])
     n_classes = len(extraction.dataset.class_names)
-    alone, diffs = [], []
-    for t in trials:
-        if t["model"] == "dense":
-            row = run_trial(t["params"], *arrays, n_classes, seed=seed)
-            diffs.append(abs(row["val_accuracy"] - t["val_accuracy"]))
-            t = {**t, **row}
-        alone.append({k: v for k, v in t.items() if k != "rank"})
-    top = [t["trial"] for t in rank_trials(alone)[:3]]
-    return diffs, top == [t["trial"] for t in sorted(trials, key=lambda t: t["rank"])[:3]]
+    boards = {"stacked": [{k: v for k, v in t.items() if k != "rank"} for t in trials]}
+    for name, head_seed in (("alone", seed), ("alone, next seed", seed + 1)):
+        boards[name] = [{**t, **run_trial(t["params"], *arrays, n_classes, seed=head_seed)} if t["model"] == "dense"
+                        else t for t in boards["stacked"]]
+    accuracy = {name: [t["val_accuracy"] for t in board if t["model"] == "dense"] for name, board in boards.items()}
+    tops = {name: [(t["trial"], t["val_accuracy"]) for t in rank_trials(board)[:3]] for name, board in boards.items()}
+    alone = {t["trial"]: t["val_accuracy"] for t in boards["alone"]}
+    return {"diffs": [abs(a - b) for a, b in zip(accuracy["stacked"], accuracy["alone"])],
+            "seed_diffs": [abs(a - b) for a, b in zip(accuracy["alone"], accuracy["alone, next seed"])],
+            "tops": tops, "picked": float(np.mean([alone[i] for i, _ in tops["stacked"]])),
+            "best": float(np.mean([a for _, a in tops["alone"]]))}
+
+
+def baseline_pools(extraction, parts, configurations: list[dict], seed: int) -> dict:
+    """The baseline ``configurations`` run in 2 joblib threads and in 2 fresh loky processes (start-up and
+    imports included): each backend's (seconds, rows)."""
+    import joblib
+    from joblib.externals.loky import get_reusable_executor
+
+    from gearfeat.tuning.trials import run_trial
+
+    X, y = extraction.features, extraction.dataset.labels
+    arrays = (X[parts["train"]], y[parts["train"]], X[parts["val"]], y[parts["val"]])
+    n_classes = len(extraction.dataset.class_names)
+    result = {}
+    for name, backend in (("threads", "threading"), ("processes", "loky")):
+        start = time.perf_counter()
+        with joblib.parallel_config(backend=backend, n_jobs=2):
+            rows = joblib.Parallel()(joblib.delayed(run_trial)(c, *arrays, n_classes, seed) for c in configurations)
+        result[name] = (time.perf_counter() - start, rows)
+        if backend == "loky":  # its workers leave now, not while the rest of the benchmark runs
+            get_reusable_executor().shutdown(wait=True)
+    return result
 
 
 class NaiveTimer:

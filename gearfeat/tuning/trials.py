@@ -2,16 +2,18 @@
 
 Dense-head trials of the same shape train together as one :class:`StackedHeads` (split to fit
 :data:`STACK_BUDGET`); a stack is one unit of work for a backend, a baseline trial another. The ``local``
-backend runs the stacks one after another in this process (NumPy's BLAS uses the cores) and the baseline
-trials beside them in a thread: a worker process would pay about 4 s importing TensorFlow, more than all
-the default space's baseline fits."""
+backend runs the units in threads of this process, one per core (``jobs``), the costliest stacks first and
+the baseline trials last, each thread with its share of the cores for BLAS (one each on a 2-core machine):
+NumPy releases the GIL in its products and element-wise loops, so two stacks train at once, Adam's updates
+included, without the waits of a product split over two threads, and a worker process would pay about 4 s
+importing TensorFlow, more than all the default space's baseline fits."""
 from __future__ import annotations
 
 import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import joblib
 import numpy as np
 from sklearn.metrics import log_loss
+from threadpoolctl import threadpool_limits
 
 from .._internal.progress import Progress
 from ..features.cache import FeatureRows
@@ -143,8 +146,8 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y
     dense = [i for i, params in enumerate(configurations) if kind_of(params) != BASELINE]
     baselines = [i for i, params in enumerate(configurations) if kind_of(params) == BASELINE]
     specs = [DenseHead(**configurations[i]) for i in dense]
-    stacks = [[dense[j] for j in stack] for stack in plan_stacks(
-        specs, n_features=arrays[0].shape[1], n_classes=n_classes, n_val=len(arrays[2]), budget=budget)]
+    plan = plan_stacks(specs, n_features=arrays[0].shape[1], n_classes=n_classes, n_val=len(arrays[2]), budget=budget)
+    stacks = [[dense[j] for j in part] for part in plan]
     rows = Trials({} for _ in configurations)
     best: list[tuple[tuple, StackedHeads]] = []
     with spec.connect(address) as settings, Progress(len(configurations), "search", unit="trial",
@@ -160,10 +163,12 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y
                        for i in baselines])
 
         if spec.in_process:
-            logger.info(f"search: {trials} in this process ({len(dense)} head{'s' * (len(dense) != 1)} in "
-                        f"{len(stacks)} stack{'s' * (len(stacks) != 1)}, {len(baselines)} "
-                        f"baseline{'s' * (len(baselines) != 1)} beside)")
-            results = _in_process(calls(None))
+            workers = max(1, min(len(stacks) + len(baselines), joblib.effective_n_jobs(int(jobs))))
+            logger.info(f"search: {trials} in this process on {workers} thread{'s' * (workers > 1)} ({len(dense)} "
+                        f"head{'s' * (len(dense) != 1)} in {len(stacks)} stack{'s' * (len(stacks) != 1)}, "
+                        f"{len(baselines)} baseline{'s' * (len(baselines) != 1)})")
+            costs = [_stack_cost([specs[j] for j in part], *arrays[0].shape, n_classes) for part in plan]
+            results = _in_process(calls(None), costs, workers)
         else:
             with joblib.parallel_config(n_jobs=int(jobs), **settings):
                 units = len(stacks) + len(baselines)
@@ -191,16 +196,33 @@ def _features(X: Features) -> Features:
     return X if isinstance(X, FeatureRows) else np.ascontiguousarray(X, np.float32)
 
 
-def _in_process(calls: list) -> Iterator[tuple[list[Row], StackedHeads | None]]:
-    """The stacks one after another in this thread, the baseline trials beside them in one other thread."""
+def _stack_cost(heads: Sequence[DenseHead], n_rows: int, n_features: int, n_classes: int) -> float:
+    """A stack's relative cost per epoch, to start the costliest first: each step's products cost about
+    ``batch_size`` multiply-adds per weight and its Adam update about as much as 75 (measured on this project's
+    2-core CPU), for every head."""
+    sizes = [n_features, *heads[0].hidden, n_classes]
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    steps = -(-n_rows // int(heads[0].batch_size))
+    return len(heads) * weights * steps * (int(heads[0].batch_size) + 75)
+
+
+def _in_process(calls: list, costs: Sequence[float], workers: int
+                ) -> Iterator[tuple[list[Row], StackedHeads | None]]:
+    """The units as they end, on ``workers`` threads of this process: the stacks (``calls`` first, one cost
+    each) costliest first, then the baseline trials; BLAS gets ``cores // workers`` threads (at least one) while
+    they run."""
     stacks = [c for c in calls if c[0] is run_stack]
-    others = [c for c in calls if c[0] is not run_stack]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(function, *args, **kwargs) for function, args, kwargs in others]
-        for function, args, kwargs in stacks:
-            yield function(*args, **kwargs)
-        for future in futures:
-            yield future.result()
+    order = [stacks[i] for i in sorted(range(len(stacks)), key=lambda i: -costs[i])]
+    order += [c for c in calls if c[0] is not run_stack]
+    with threadpool_limits(max(1, joblib.cpu_count() // workers), user_api="blas"), \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(function, *args, **kwargs) for function, args, kwargs in order]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:  # on an error, the units not started yet are not run
+            for future in futures:
+                future.cancel()
 
 
 def _finished(calls: list, *, workers: int, streams: bool) -> Iterator[tuple[list[Row], StackedHeads | None]]:
