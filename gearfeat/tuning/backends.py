@@ -141,12 +141,12 @@ def get_backend(name: str, address: str | None) -> Backend:
         try:
             importlib.import_module(spec.package)
         except ImportError:
-            raise GearfeatError(f"--backend {name} needs the {spec.package!r} package: "
-                                f"pip install gearfeat[{name}]") from None
+            raise GearfeatError(f"backend {name} needs the {spec.package!r} package: "
+                                f"pip install gearfeat[{name}]", parameter="backend") from None
     if address and not spec.address:
-        raise GearfeatError(f"--address is for the dask and ray backends, not {name}")
+        raise GearfeatError(f"address is for the dask and ray backends, not {name}", parameter="address")
     if spec.address_required and not address:
-        raise GearfeatError(f"--backend {name} needs --address, {spec.address}")
+        raise GearfeatError(f"backend {name} needs address, {spec.address}", parameter=("backend", "address"))
     if address and spec.check_address:
         spec.check_address(address)
     return spec
@@ -154,4 +154,5 @@ def get_backend(name: str, address: str | None) -> Backend:
 
 def check_jobs(jobs: int) -> None:
     if not is_int(jobs, -math.inf) or jobs == 0:  # any integer but 0
-        raise GearfeatError(f"jobs must be a positive number of workers or negative (-1: all cores), got {jobs!r}")
+        raise GearfeatError(f"jobs must be a positive number of workers or negative (-1: all cores), got {jobs!r}",
+                            parameter="jobs")

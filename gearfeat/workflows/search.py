@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._internal.system import memory_budget as memory_budget_of, size_text
-from ..data.dataset import Skipped, SplitConfig, split_dataset
+from ..data.dataset import Skipped, SplitConfig
 from ..data.labels import LabelFile
 from ..features.cache import FeatureRows
 from ..features.extractor import ExtractorConfig, extract_dataset
@@ -69,7 +69,8 @@ class SearchResult:
 
 
 def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | LabelFile | None = None,
-           space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
+           space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, params: Sequence[str] = (),
+           n_trials: int | None = 24,
            jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None, progress: bool = True,
@@ -78,7 +79,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
     tried) and write the run folder like ``gearfeat train``.
 
-    ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
+    ``space`` and ``params`` (``NAME=V1,V2`` texts on top of it) as :func:`~gearfeat.tuning.space.parse_space` reads
+    them. ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
     ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
     runs the whole grid. ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). With
     ``backend="dask"`` the extraction runs on the same cluster as the trials. Writes ``trials.csv``,
@@ -91,7 +93,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     their training rows into TensorFlow); the winner is finished as ``train`` finishes an over-budget run.
     """
     started = time.perf_counter()
-    space = parse_space(space)
+    space = parse_space(space, params)
     config = config or ExtractorConfig()
     split = split or SplitConfig()
     check_settings(config=config, split=split)
@@ -105,8 +107,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress, log=log,
                                  **({"backend": "dask", "address": address} if backend == "dask" else {}))
     rows, y = extraction.rows, extraction.dataset.labels
-    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
+    parts = split.parts(extraction.dataset)
     t0 = time.perf_counter()
     with _trial_arrays(rows, parts, extraction.cache_path, budget, log) as (X_train, X_val):
         found = run_trials(configurations, X_train, y[parts["train"]], X_val, y[parts["val"]],
