@@ -23,7 +23,7 @@ from .._internal.progress import Progress
 from ..models.baseline import make_baseline
 from ..models.heads import DenseHead
 from ..models.stacked import StackedHeads, plan_stacks
-from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
+from .backends import RayObject, Workers, limit_tf_threads
 from .space import BASELINE, kind_of
 
 Log = Callable[[str], None]
@@ -115,10 +115,9 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: np.ndarray,
                progress: bool = True, log: Log = print, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
-    ``params``. ``backend`` is a name in :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`)."""
-    backend = backend or DEFAULT_BACKEND
-    spec = get_backend(backend, address)
-    check_jobs(jobs)
+    ``params``. ``jobs``, ``backend`` and ``address`` as :class:`~gearfeat.tuning.backends.Workers` checks them."""
+    checked = Workers(jobs, backend, address)
+    backend, spec = checked.backend, checked.spec
     arrays = [np.ascontiguousarray(X_train, np.float32), np.asarray(y_train, np.int64),
               np.ascontiguousarray(X_val, np.float32), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)

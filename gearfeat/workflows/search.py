@@ -35,7 +35,7 @@ from ..features.cache import FeatureRows
 from ..features.extractor import ExtractorConfig, extract_dataset
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
-from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
+from ..tuning.backends import Workers
 from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
 from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
@@ -99,9 +99,7 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     check_settings(config=config, split=split)
     n_trials = None if n_trials == "all" else n_trials  # as --trials all
     configurations = space.configurations(n_trials, seed=split.seed)
-    backend = backend or DEFAULT_BACKEND
-    get_backend(backend, address)
-    check_jobs(jobs)
+    backend = Workers(jobs, backend, address).backend  # checked before the extraction, which can take minutes
     budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True, log=log)
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress, log=log,
