@@ -176,7 +176,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
                   pooling=pooling)
     if alpha is not None:
         if not spec.has_alpha:
-            raise GearfeatError(f"backbone {spec.name!r} has no width multiplier; drop alpha {alpha}", parameter="alpha")
+            raise GearfeatError(f"backbone {spec.name!r} has no width multiplier; drop alpha {alpha}",
+                                parameter="alpha")
         kwargs["alpha"] = alpha
     if weights not in (None, "imagenet"):
         weights_identity(weights)  # clear error for a missing file

@@ -70,8 +70,7 @@ class SearchResult:
 
 def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | LabelFile | None = None,
            space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, params: Sequence[str] = (),
-           n_trials: int | None = 24,
-           jobs: int = -1, backend: str | None = None, address: str | None = None,
+           n_trials: int | None = 24, jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None, progress: bool = True,
            log: Log = print) -> SearchResult:
