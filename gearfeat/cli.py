@@ -135,37 +135,6 @@ def split_config(args: argparse.Namespace):
     return SplitConfig(args.val_fraction, args.test_fraction, args.seed)
 
 
-def add_head_options(parser: argparse.ArgumentParser) -> None:
-    """The parameters of :class:`~gearfeat.models.heads.DenseHead` (its seed is the split's) and the baseline's."""
-    from .models.heads import DenseHead
-    from .workflows.transfer import fit_and_save
-    g = parser.add_argument_group("dense head")
-    g.add_argument("--hidden", type=_int_list, default=default_of(DenseHead, "hidden"),
-                   help="hidden layer sizes, e.g. 512,128 or '' (none)")
-    g.add_argument("--dropout", type=float, default=default_of(DenseHead, "dropout"))
-    g.add_argument("--l2", type=float, default=default_of(DenseHead, "l2"))
-    g.add_argument("--batch-norm", action="store_true", default=default_of(DenseHead, "batch_norm"))
-    g.add_argument("--learning-rate", type=float, default=default_of(DenseHead, "learning_rate"))
-    g.add_argument("--batch-size", type=int, default=default_of(DenseHead, "batch_size"))
-    g.add_argument("--epochs", type=int, default=default_of(DenseHead, "epochs"))
-    g.add_argument("--patience", type=int, default=default_of(DenseHead, "patience"),
-                   help="early-stopping patience in epochs")
-    g.add_argument("--baseline", default=default_of(fit_and_save, "baseline"),
-                   help="scikit-learn baseline: logreg, linear_svc or svc")
-    g.add_argument("--baseline-c", type=float, default=default_of(fit_and_save, "baseline_c"),
-                   help="C of the baseline estimator")
-
-
-HEAD_PARAMETERS = ("hidden", "dropout", "l2", "batch_norm", "learning_rate", "batch_size", "epochs", "patience")
-"""The :class:`~gearfeat.models.heads.DenseHead` parameters that ``add_head_options`` adds as flags."""
-
-
-def dense_head(args: argparse.Namespace):
-    """The head of the flags; its seed is left to the run's split (``--seed``), which seeds the training."""
-    from .models.heads import DenseHead
-    return DenseHead(**{name: getattr(args, name) for name in HEAD_PARAMETERS})
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -181,6 +150,39 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+HEAD_OPTIONS: dict[str, dict[str, Any]] = {
+    "hidden": {"type": _int_list, "help": "hidden layer sizes, e.g. 512,128 or '' (none)"},
+    "dropout": {"type": float},
+    "l2": {"type": float},
+    "batch_norm": {"action": "store_true"},
+    "learning_rate": {"type": float},
+    "batch_size": {"type": int},
+    "epochs": {"type": int},
+    "patience": {"type": int, "help": "early-stopping patience in epochs"},
+}
+"""The :class:`~gearfeat.models.heads.DenseHead` parameters that are flags (``batch_norm`` is ``--batch-norm``),
+each with how argparse reads it; the default is the head's."""
+
+
+def add_head_options(parser: argparse.ArgumentParser) -> None:
+    """The head's :data:`HEAD_OPTIONS` (its seed is the split's) and the baseline's options."""
+    from .models.heads import DenseHead
+    from .workflows.transfer import fit_and_save
+    g = parser.add_argument_group("dense head")
+    for name, how in HEAD_OPTIONS.items():
+        g.add_argument("--" + name.replace("_", "-"), default=default_of(DenseHead, name), **how)
+    g.add_argument("--baseline", default=default_of(fit_and_save, "baseline"),
+                   help="scikit-learn baseline: logreg, linear_svc or svc")
+    g.add_argument("--baseline-c", type=float, default=default_of(fit_and_save, "baseline_c"),
+                   help="C of the baseline estimator")
+
+
+def dense_head(args: argparse.Namespace):
+    """The head of the flags; its seed is left to the run's split (``--seed``), which seeds the training."""
+    from .models.heads import DenseHead
+    return DenseHead(**{name: getattr(args, name) for name in HEAD_OPTIONS})
 
 
 def fit_options(defaults: Callable[[], Any]) -> Options:
