@@ -54,11 +54,15 @@ def option(*flags: str, **kwargs: Any) -> Options:
 OUT = option("--out", required=True, help="run folder to write")
 
 
+EXTRACTOR_FIELDS = ("backbone", "alpha", "weights", "image_size", "backbone_size")
+"""The :class:`~gearfeat.features.extractor.ExtractorConfig` fields that are flags (``image_size`` is
+``--image-size``)."""
+
+
 def add_extractor_options(parser: argparse.ArgumentParser, *, cache_default: str = "./cache") -> None:
     """Options that determine the features (and so the cache file); ``cache_default`` is for the help text."""
     from .features.extractor import ExtractorConfig, extract_dataset
-    defaults = {name: default_of(ExtractorConfig, name) for name in ("backbone", "alpha", "weights", "image_size",
-                                                                    "backbone_size")}
+    defaults = {name: default_of(ExtractorConfig, name) for name in EXTRACTOR_FIELDS}
     g = parser.add_argument_group("backbone and cache")
     g.add_argument("--backbone", default=defaults["backbone"],
                    help="Keras Application name (see `gearfeat backbones`)")
@@ -218,8 +222,7 @@ def fit_config(args: argparse.Namespace):
 
 def extractor_config(args: argparse.Namespace):
     from .features.extractor import ExtractorConfig
-    return ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
-                           image_size=args.image_size, backbone_size=args.backbone_size)
+    return ExtractorConfig(**{name: getattr(args, name) for name in EXTRACTOR_FIELDS})
 
 
 # ------------------------------------------------------------------------------------------ the registry

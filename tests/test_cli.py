@@ -53,10 +53,9 @@ def test_renaming_replaces_the_first_whole_word_mention_of_each_parameter():
 
 def test_cli_defaults_are_the_library_defaults():
     args = build_parser().parse_args(["train", "data", "--out", "run"])
-    split, config, head = SplitConfig(), ExtractorConfig(weights=None), DenseHead()
-    assert (args.val_fraction, args.test_fraction, args.seed) == (split.val_fraction, split.test_fraction, split.seed)
-    assert (args.image_size, args.alpha) == (config.image_size, config.alpha)
-    assert cli.dense_head(args).get_params() == head.get_params()  # every head parameter, the seed included
+    assert cli.split_config(args) == SplitConfig()
+    assert cli.extractor_config(args) == ExtractorConfig()
+    assert cli.dense_head(args).get_params() == DenseHead().get_params()  # every head parameter, the seed included
 
 
 def test_a_cli_default_follows_its_dataclass_field(monkeypatch):
