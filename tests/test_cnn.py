@@ -143,8 +143,8 @@ def test_a_misspelled_flip_is_refused_not_a_flip_that_does_nothing():
 @pytest.mark.parametrize("option, message", [
     (["--image-size", "-5"], "--image-size must be an integer from 8 to 4096, got -5"),
     (["--image-size", "100000"], "--image-size must be an integer from 8 to 4096, got 100000"),
-    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
-    (["--learning-rate", "inf"], "invalid training parameter learning_rate=inf"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
+    (["--learning-rate", "inf"], "invalid training parameter --learning-rate=inf"),
 ])
 def test_bad_cnn_settings_are_one_line_before_the_images_are_read(tmp_path, capsys, option, message):
     out = tmp_path / "run"
@@ -195,10 +195,10 @@ def test_cli_cnn_errors_are_one_line(shapes_dir, tmp_path, capsys):
     assert main(["cnn", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), *QUIET]) == 1
     assert "dataset folder not found" in capsys.readouterr().err
     assert main(["cnn", str(shapes_dir), "--out", str(tmp_path / "o"), *QUIET, "--epochs", "0"]) == 1
-    assert "invalid training parameter epochs=0" in capsys.readouterr().err
+    assert "invalid training parameter --epochs=0" in capsys.readouterr().err
 
 
 def test_a_split_without_validation_images_is_refused(shapes_dir, tmp_path):
-    with pytest.raises(GearfeatError, match="--val-fraction is 0.0: training needs val images"):
+    with pytest.raises(GearfeatError, match="^val_fraction is 0.0: training needs val images"):
         train_cnn(shapes_dir, tmp_path / "run", layers=SMALL, image_size=32,
                   split=SplitConfig(val_fraction=0.0), progress=False)

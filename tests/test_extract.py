@@ -76,7 +76,7 @@ def test_api_arguments_of_the_wrong_kind_are_named(tmp_path):
     with pytest.raises(GearfeatError, match="unknown backbone None"):
         tiny_config(backbone=None)
     for weights in ("", 123):
-        with pytest.raises(GearfeatError, match="--weights must be 'imagenet', 'none' or the path"):
+        with pytest.raises(GearfeatError, match="^weights must be 'imagenet', 'none' or the path"):
             tiny_config(weights=weights)
     images = np.zeros((3, 32, 32, 3), np.uint8)
     with pytest.raises(GearfeatError, match=r"expected one label per image \(3\)"):
@@ -112,15 +112,15 @@ def test_the_code_that_computes_features_is_in_the_cache_key(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"backbone_size": 0}, "--backbone-size must be an integer from 8 to 4096, got 0"),
-    ({"image_size": 7}, "--image-size must be an integer from 8 to 4096, got 7"),
-    ({"image_size": 32.0}, "--image-size must be an integer from 8 to 4096, got 32.0"),
-    ({"image_size": 100_000}, "--image-size must be an integer from 8 to 4096, got 100000"),
-    ({"backbone_size": 4097}, "--backbone-size must be an integer from 8 to 4096, got 4097"),
-    ({"alpha": 0}, "--alpha must be a width multiplier above 0, got 0"),
-    ({"alpha": -1.0}, "--alpha must be a width multiplier above 0, got -1.0"),
-    ({"alpha": float("nan")}, "--alpha must be a width multiplier above 0, got nan"),
-    ({"alpha": "0.5"}, "--alpha must be a width multiplier above 0, got '0.5'"),
+    ({"backbone_size": 0}, "backbone_size must be an integer from 8 to 4096, got 0"),
+    ({"image_size": 7}, "image_size must be an integer from 8 to 4096, got 7"),
+    ({"image_size": 32.0}, "image_size must be an integer from 8 to 4096, got 32.0"),
+    ({"image_size": 100_000}, "image_size must be an integer from 8 to 4096, got 100000"),
+    ({"backbone_size": 4097}, "backbone_size must be an integer from 8 to 4096, got 4097"),
+    ({"alpha": 0}, "alpha must be a width multiplier above 0, got 0"),
+    ({"alpha": -1.0}, "alpha must be a width multiplier above 0, got -1.0"),
+    ({"alpha": float("nan")}, "alpha must be a width multiplier above 0, got nan"),
+    ({"alpha": "0.5"}, "alpha must be a width multiplier above 0, got '0.5'"),
 ])
 def test_bad_sizes_and_widths_are_named_not_replaced_by_defaults(setting, message):
     with pytest.raises(GearfeatError, match=re.escape(message)):
@@ -132,7 +132,7 @@ def test_sizes_are_checked_by_the_image_size_check_of_gearfeat_images(monkeypatc
     assert (config.image_size, config.backbone_size) == (32, 48)
     assert type(config.image_size) is type(config.backbone_size) is int  # plain ints in the cache key
     monkeypatch.setattr(images_module, "_MIN_SIZE", 40)
-    with pytest.raises(GearfeatError, match=re.escape("--image-size must be an integer from 40 to 4096, got 32")):
+    with pytest.raises(GearfeatError, match=re.escape("image_size must be an integer from 40 to 4096, got 32")):
         tiny_config()
 
 

@@ -86,7 +86,7 @@ def test_metrics_report_before_and_after_on_the_same_test_split(tuned, transfer)
 def test_unfreeze_out_of_range_is_a_clear_error(transfer, n):
     model = load_model(transfer / "model.h5")
     count = len(backbone_layers(model))
-    expected = rf"--unfreeze {n}: the backbone has {count} layers; pass a number from 1 to {count}"
+    expected = rf"^unfreeze {n}: the backbone has {count} layers; pass a number from 1 to {count}"
     with pytest.raises(GearfeatError, match=expected):
         unfreeze_top(model, n)
 

@@ -169,14 +169,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
-    (["--seed", "8589934592"], "seed must be an integer from 0 to 4294967295, got 8589934592"),
-    (["--learning-rate", "inf"], "invalid head parameter learning_rate=inf"),
-    (["--dropout", "nan"], "invalid head parameter dropout=nan"),
-    (["--l2", "inf"], "invalid head parameter l2=inf"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
+    (["--seed", "8589934592"], "--seed must be an integer from 0 to 4294967295, got 8589934592"),
+    (["--learning-rate", "inf"], "invalid head parameter --learning-rate=inf"),
+    (["--dropout", "nan"], "invalid head parameter --dropout=nan"),
+    (["--l2", "inf"], "invalid head parameter --l2=inf"),
     (["--baseline-c", "nan"], "baseline C must be a finite number above 0, got nan"),
     (["--baseline", "forest"], "unknown baseline 'forest'"),
-    (["--val-fraction", "nan"], "val_fraction must be a number in [0, 1), got nan"),
+    (["--val-fraction", "nan"], "--val-fraction must be a number in [0, 1), got nan"),
     (["--test-fraction", "0"], "--test-fraction is 0.0: training needs test images"),
     (["--val-fraction", "0"], "--val-fraction is 0.0: training needs val images"),
 ])

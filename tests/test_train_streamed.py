@@ -46,7 +46,7 @@ def test_budget_sizes_and_one_line_errors():
     assert memory_budget("1.5GiB") == 3 * 2**29 and memory_budget(4096) == 4096
     assert memory_budget(None) > 0  # a share of this machine's RAM
     for bad in ("lots", "0", "-2GB", "2XB", ""):
-        with pytest.raises(GearfeatError, match=rf"^--memory-budget must be a size above 0 .*got {bad!r}$"):
+        with pytest.raises(GearfeatError, match=rf"^memory_budget must be a size above 0 .*got {bad!r}$"):
             memory_budget(bad)
 
 

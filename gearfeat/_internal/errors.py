@@ -1,5 +1,9 @@
 """Errors that gearfeat reports to the user as one clear line (no traceback)."""
+from __future__ import annotations
+
 import numbers
+import re
+from collections.abc import Mapping
 
 
 def first_line(exc: BaseException) -> str:
@@ -9,7 +13,26 @@ def first_line(exc: BaseException) -> str:
 
 
 class GearfeatError(Exception):
-    """A problem the user can fix; its message is one line: what, where, what to do."""
+    """A problem the user can fix; its message is one line: what, where, what to do.
+
+    ``parameter`` names the argument (or arguments) at fault by their Python names, as the message first
+    mentions each (``"val_fraction must be ..."``); :meth:`renamed` spells them another way, as the command line
+    does with its flags (``"--val-fraction must be ..."``).
+    """
+
+    def __init__(self, *args: object, parameter: str | tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.parameters: tuple[str, ...] = (parameter,) if isinstance(parameter, str) else tuple(parameter)
+
+    def renamed(self, names: Mapping[str, str]) -> str:
+        """The message with the first mention (a whole word) of each of its parameters that ``names`` has
+        replaced by ``names[parameter]``; the others as they are."""
+        message = str(self)
+        for parameter in self.parameters:
+            found = re.search(rf"(?<![\w-]){re.escape(parameter)}(?![\w-])", message)
+            if found and parameter in names:
+                message = message[:found.start()] + names[parameter] + message[found.end():]
+        return message
 
 
 class InvalidArgumentError(GearfeatError, ValueError, TypeError):
@@ -33,7 +56,7 @@ def is_real(value: object) -> bool:
 def check_seed(seed: object) -> None:
     """Raise an InvalidArgumentError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
     if not is_int(seed, 0) or seed > MAX_SEED:
-        raise InvalidArgumentError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        raise InvalidArgumentError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}", parameter="seed")
 
 
 class ImageError(GearfeatError):

@@ -49,7 +49,8 @@ def memory_budget(value: str | int | float | None = None) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value)) \
         if not isinstance(value, bool) else None
     if match is None or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
-        raise GearfeatError(f"--memory-budget must be a size above 0 such as 2GB, 500MB or 1.5GiB, got {value!r}")
+        raise GearfeatError(f"memory_budget must be a size above 0 such as 2GB, 500MB or 1.5GiB, got {value!r}",
+                            parameter="memory_budget")
     return max(1, int(float(match.group(1)) * _UNITS[match.group(2).lower()]))
 
 

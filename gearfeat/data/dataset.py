@@ -172,16 +172,6 @@ def _scan(root: Path, min_classes: int, labels: LabelFile | None) -> Dataset:
     return Dataset(root, class_names, records, skipped, labels)
 
 
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Raise a GearfeatError naming the fraction unless both are in [0, 1) and leave images for training."""
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not is_real(value) or not 0 <= value < 1:
-            raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}")
-    if val_fraction + test_fraction >= 1:
-        raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "
-                            f"got {val_fraction} + {test_fraction}")
-
-
 def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded, stratified and grouped split into sorted record indexes ``{"train", "val", "test"}``.
@@ -192,10 +182,13 @@ def split_dataset(dataset: Dataset, *, val_fraction: float = 0.15, test_fraction
     fraction is above 0.
 
     Raises:
-        GearfeatError: a fraction or the seed is out of range, or a class has too few distinct images.
+        GearfeatError: a fraction or the seed is out of range (see :class:`SplitConfig`), or a class has too few
+            distinct images.
     """
-    check_fractions(val_fraction, test_fraction)
-    check_seed(seed)  # also as the split's key: 1, 1.0 and True would give three different splits
+    return SplitConfig(val_fraction, test_fraction, seed).parts(dataset)
+
+
+def _split(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     members: dict[str, list[int]] = defaultdict(list)
     label_of: dict[str, int] = {}
     for i, record in enumerate(dataset.records):
@@ -429,13 +422,25 @@ class SplitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_fractions(self.val_fraction, self.test_fraction)
-        check_seed(self.seed)
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not is_real(value) or not 0 <= value < 1:
+                raise GearfeatError(f"{name} must be a number in [0, 1), got {value!r}", parameter=name)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise GearfeatError(f"val_fraction + test_fraction must be below 1 to leave images for training, "
+                                f"got {self.val_fraction} + {self.test_fraction}",
+                                parameter=("val_fraction", "test_fraction"))
+        check_seed(self.seed)  # also as the split's key: 1, 1.0 and True would give three different splits
+
+    def parts(self, dataset: Dataset) -> dict[str, np.ndarray]:
+        """The split of ``dataset`` (see :func:`split_dataset`)."""
+        return _split(dataset, self.val_fraction, self.test_fraction, self.seed)
 
     def check_for_training(self) -> None:
-        """Raise a GearfeatError naming the option unless both fractions are above 0: a trained model needs
-        validation images to stop early and test images to be measured."""
-        for part, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
-            if not fraction > 0:
-                raise GearfeatError(f"--{part}-fraction is {fraction}: training needs {part} images (validation "
-                                    "to stop early, test to measure); pass a fraction above 0")
+        """Raise a GearfeatError naming the fraction unless both are above 0: a trained model needs validation
+        images to stop early and test images to be measured."""
+        for part in ("val", "test"):
+            name = f"{part}_fraction"
+            if not getattr(self, name) > 0:
+                raise GearfeatError(f"{name} is {getattr(self, name)}: training needs {part} images (validation "
+                                    "to stop early, test to measure); pass a fraction above 0", parameter=name)

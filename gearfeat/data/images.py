@@ -137,10 +137,10 @@ def os_error_reason(exc: OSError, what: str = "file") -> str:
 
 def check_image_size(size: int, name: str = "image size") -> int:
     """``size`` as an int if it is an integer image side from the minimum to the maximum; else a GearfeatError
-    naming it as ``name`` (an option such as ``--image-size``). The maximum keeps a typo from asking for more
+    naming it as ``name`` (the parameter, such as ``image_size``). The maximum keeps a typo from asking for more
     memory than the machine has (one 100,000-pixel square is 30 GB)."""
     if not is_int(size, _MIN_SIZE) or size > _MAX_SIZE:
-        raise GearfeatError(f"{name} must be an integer from {_MIN_SIZE} to {_MAX_SIZE}, got {size!r}")
+        raise GearfeatError(f"{name} must be an integer from {_MIN_SIZE} to {_MAX_SIZE}, got {size!r}", parameter=name)
     return int(size)
 
 

@@ -58,8 +58,8 @@ def read_label_file(labels: LabelFile, root: Path) -> tuple[list[tuple[str, Path
     """
     header, rows = _read_rows(Path(labels.path))
     name = Path(labels.path).name
-    path_at = _column(labels, header, labels.path_column, 0, "--path-column")
-    label_at = _column(labels, header, labels.label_column, 1, "--label-column")
+    path_at = _column(labels, header, labels.path_column, 0, "path_column")
+    label_at = _column(labels, header, labels.label_column, 1, "label_column")
     if _looks_like_image(header[path_at], root):
         raise GearfeatError(
             f"{labels.path} has no header: its first row ({', '.join(header[:3])}) names an image; add a first "
@@ -131,8 +131,8 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, rows[1:]
 
 
-def _column(labels: LabelFile, header: list[str], name: str | None, default: int, option: str) -> int:
-    """The index of column ``name`` in ``header`` (``default`` when None)."""
+def _column(labels: LabelFile, header: list[str], name: str | None, default: int, parameter: str) -> int:
+    """The index of column ``name`` (the value of ``parameter``) in ``header`` (``default`` when None)."""
     if name is None:
         if len(header) <= default:
             raise GearfeatError(f"{labels.path} has {len(header)} column{'' if len(header) == 1 else 's'} "
@@ -140,8 +140,8 @@ def _column(labels: LabelFile, header: list[str], name: str | None, default: int
                                 "(is it comma-separated?)")
         return default
     if name not in header:
-        raise GearfeatError(f"{option} {name!r} is not a column of {labels.path}; its columns are "
-                            f"{', '.join(map(repr, header))}")
+        raise GearfeatError(f"{parameter} {name!r} is not a column of {labels.path}; its columns are "
+                            f"{', '.join(map(repr, header))}", parameter=parameter)
     return header.index(name)
 
 

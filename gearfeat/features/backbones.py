@@ -142,7 +142,8 @@ def weights_identity(weights: str | os.PathLike | None) -> str:
         return "imagenet"
     path = Path(weights)
     if path.is_dir():
-        raise GearfeatError(f"--weights {path} is a folder; pass the path of the weights .h5 file in it")
+        raise GearfeatError(f"weights {path} is a folder; pass the path of the weights .h5 file in it",
+                            parameter="weights")
     if not path.is_file():
         raise GearfeatError(f"weights file not found: {path} (pass 'imagenet', 'none' or the path of a .h5 file)")
     stat = path.stat()
@@ -150,13 +151,14 @@ def weights_identity(weights: str | os.PathLike | None) -> str:
 
 
 def parse_weights(value: str | os.PathLike | None) -> str | None:
-    """Normalize a --weights value: 'imagenet', None (from 'none'/'random') or a file path."""
+    """Normalize a ``weights`` value: 'imagenet', None (from 'none'/'random') or a file path."""
     if value is None or str(value).lower() in ("none", "random"):
         return None
     if str(value).lower() == "imagenet":
         return "imagenet"
     if not isinstance(value, (str, os.PathLike)) or not str(value):
-        raise GearfeatError(f"--weights must be 'imagenet', 'none' or the path of a weights .h5 file, got {value!r}")
+        raise GearfeatError(f"weights must be 'imagenet', 'none' or the path of a weights .h5 file, got {value!r}",
+                            parameter="weights")
     return str(value)
 
 
@@ -174,7 +176,8 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
                   pooling=pooling)
     if alpha is not None:
         if not spec.has_alpha:
-            raise GearfeatError(f"backbone {spec.name!r} has no width multiplier; drop --alpha {alpha}")
+            raise GearfeatError(f"backbone {spec.name!r} has no width multiplier; drop alpha {alpha}",
+                                parameter="alpha")
         kwargs["alpha"] = alpha
     if weights not in (None, "imagenet"):
         weights_identity(weights)  # clear error for a missing file

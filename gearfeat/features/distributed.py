@@ -51,8 +51,8 @@ def check_address(address: str) -> None:
     try:
         get_address_host_port(address)
     except ValueError as exc:
-        raise GearfeatError(f"--address {address!r} is not a dask scheduler address ({exc}); give one such as "
-                            "tcp://10.0.0.5:8786") from None
+        raise GearfeatError(f"address {address!r} is not a dask scheduler address ({exc}); give one such as "
+                            "tcp://10.0.0.5:8786", parameter="address") from None
 
 
 def check_backend(backend: str, address: str | None) -> None:
@@ -61,15 +61,17 @@ def check_backend(backend: str, address: str | None) -> None:
         raise GearfeatError(f"unknown extraction backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "local":
         if address:
-            raise GearfeatError("--address is for --backend dask (extraction on a cluster), not local")
+            raise GearfeatError("address is for backend dask (extraction on a cluster), not local",
+                                parameter=("address", "backend"))
         return
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise GearfeatError("--backend dask needs the 'distributed' package: pip install gearfeat[dask]") from None
+        raise GearfeatError("backend dask needs the 'distributed' package: pip install gearfeat[dask]",
+                            parameter="backend") from None
     if not address:
-        raise GearfeatError("--backend dask needs --address, the scheduler of a running dask.distributed cluster "
-                            "(e.g. tcp://10.0.0.5:8786)")
+        raise GearfeatError("backend dask needs address, the scheduler of a running dask.distributed cluster "
+                            "(e.g. tcp://10.0.0.5:8786)", parameter=("backend", "address"))
     check_address(address)
 
 

@@ -58,13 +58,13 @@ class ExtractorConfig:
         self.backbone = spec.name
         self.weights = parse_weights(self.weights)
         self.backbone_size = spec.native_size if self.backbone_size is None else self.backbone_size
-        self.image_size = check_image_size(self.image_size, "--image-size")
-        self.backbone_size = check_image_size(self.backbone_size, "--backbone-size")
+        self.image_size = check_image_size(self.image_size, "image_size")
+        self.backbone_size = check_image_size(self.backbone_size, "backbone_size")
         if self.pooling not in ("avg", "max"):
-            raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}")
+            raise GearfeatError(f"pooling must be 'avg' or 'max', got {self.pooling!r}", parameter="pooling")
         if self.alpha is not None:
             if not is_real(self.alpha) or not 0 < self.alpha < math.inf:
-                raise GearfeatError(f"--alpha must be a width multiplier above 0, got {self.alpha!r}")
+                raise GearfeatError(f"alpha must be a width multiplier above 0, got {self.alpha!r}", parameter="alpha")
             self.alpha = float(self.alpha)
 
     @property

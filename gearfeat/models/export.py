@@ -235,8 +235,8 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str,
     if format not in WRITERS:
         raise GearfeatError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if quantize is not None and (format != "tflite" or quantize not in QUANTIZATIONS):
-        raise GearfeatError(f"--quantize {quantize} is not available for {format}: it takes "
-                            f"{' or '.join(QUANTIZATIONS)}, with --format tflite")
+        raise GearfeatError(f"quantize {quantize} is not available for {format}: it takes "
+                            f"{' or '.join(QUANTIZATIONS)}, with format tflite", parameter=("quantize", "format"))
     write, suffix = WRITERS[format]
     out = Path(out)
     if out.suffix.lower() != suffix:

@@ -128,7 +128,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         }
         for name, ok in checks.items():
             if not ok:
-                raise InvalidArgumentError(f"invalid head parameter {name}={getattr(self, name)!r}")
+                raise InvalidArgumentError(f"invalid head parameter {name}={getattr(self, name)!r}", parameter=name)
 
     def build(self, n_features: int, n_classes: int) -> keras.Model:
         """The uncompiled head model: features -> [Dense -> (BatchNorm) -> ReLU -> Dropout]* -> softmax.

@@ -132,26 +132,38 @@ heads or a baseline trial) uses one TensorFlow thread: run one worker thread per
 DEFAULT_BACKEND = "local"
 
 
-def get_backend(name: str, address: str | None) -> Backend:
-    """The backend ``name``, checked before any work: known, its package importable, ``address`` fits."""
-    if name not in BACKENDS:
-        raise GearfeatError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    spec = BACKENDS[name]
-    if spec.package:
-        try:
-            importlib.import_module(spec.package)
-        except ImportError:
-            raise GearfeatError(f"--backend {name} needs the {spec.package!r} package: "
-                                f"pip install gearfeat[{name}]") from None
-    if address and not spec.address:
-        raise GearfeatError(f"--address is for the dask and ray backends, not {name}")
-    if spec.address_required and not address:
-        raise GearfeatError(f"--backend {name} needs --address, {spec.address}")
-    if address and spec.check_address:
-        spec.check_address(address)
-    return spec
+@dataclass(frozen=True)
+class Workers:
+    """Where trials run and how many at once, checked when made, before any work: ``backend`` a name in
+    :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`) whose package is importable and which ``address`` fits;
+    ``jobs`` any integer but 0 (-1: every core or worker)."""
 
+    jobs: int = -1
+    backend: str | None = None
+    address: str | None = None
 
-def check_jobs(jobs: int) -> None:
-    if not is_int(jobs, -math.inf) or jobs == 0:  # any integer but 0
-        raise GearfeatError(f"jobs must be a positive number of workers or negative (-1: all cores), got {jobs!r}")
+    def __post_init__(self) -> None:
+        name, address = self.backend or DEFAULT_BACKEND, self.address
+        object.__setattr__(self, "backend", name)
+        if name not in BACKENDS:
+            raise GearfeatError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        spec = BACKENDS[name]
+        if spec.package:
+            try:
+                importlib.import_module(spec.package)
+            except ImportError:
+                raise GearfeatError(f"backend {name} needs the {spec.package!r} package: "
+                                    f"pip install gearfeat[{name}]", parameter="backend") from None
+        if address and not spec.address:
+            raise GearfeatError(f"address is for the dask and ray backends, not {name}", parameter="address")
+        if spec.address_required and not address:
+            raise GearfeatError(f"backend {name} needs address, {spec.address}", parameter=("backend", "address"))
+        if address and spec.check_address:
+            spec.check_address(address)
+        if not is_int(self.jobs, -math.inf) or self.jobs == 0:  # any integer but 0
+            raise GearfeatError(f"jobs must be a positive number of workers or negative (-1: all cores), "
+                                f"got {self.jobs!r}", parameter="jobs")
+
+    @property
+    def spec(self) -> Backend:
+        return BACKENDS[self.backend]

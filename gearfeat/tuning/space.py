@@ -223,7 +223,8 @@ def parse_param(text: str) -> tuple[str, list]:
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not sep or not name:
-        raise GearfeatError(f"--param {text!r}: expected NAME=VALUE1,VALUE2,..., e.g. dropout=0.2,0.5")
+        raise GearfeatError(f"params {text!r}: expected NAME=VALUE1,VALUE2,..., e.g. dropout=0.2,0.5",
+                            parameter="params")
     _param(name)
     try:
         values = json.loads(f"[{rest}]")

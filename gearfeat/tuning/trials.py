@@ -28,7 +28,7 @@ from ..features.cache import FeatureRows
 from ..models.baseline import baseline_name, fit_streamed_baseline, make_baseline
 from ..models.heads import DenseHead
 from ..models.stacked import Features, StackedHeads, plan_stacks
-from .backends import DEFAULT_BACKEND, RayObject, check_jobs, get_backend, limit_tf_threads
+from .backends import RayObject, Workers, limit_tf_threads
 from .space import BASELINE, kind_of
 
 logger = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y
                progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
-    ``params`` (a baseline estimator by its :func:`baseline_name`). ``backend`` is a name in :data:`BACKENDS`
-    (None: :data:`DEFAULT_BACKEND`). Features given as cache rows (:class:`~gearfeat.features.cache.FeatureRows`)
-    are streamed by every trial (see :func:`run_trial`); arrays are sent to the workers once."""
-    backend = backend or DEFAULT_BACKEND
-    spec = get_backend(backend, address)
-    check_jobs(jobs)
+    ``params`` (a baseline estimator by its :func:`baseline_name`). ``jobs``, ``backend`` and ``address`` as
+    :class:`~gearfeat.tuning.backends.Workers` checks them. Features given as cache rows
+    (:class:`~gearfeat.features.cache.FeatureRows`) are streamed by every trial (see :func:`run_trial`); arrays are
+    sent to the workers once."""
+    checked = Workers(jobs, backend, address)
+    backend, spec = checked.backend, checked.spec
     arrays = [_features(X_train), np.asarray(y_train, np.int64), _features(X_val), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
     dense = [i for i, params in enumerate(configurations) if kind_of(params) != BASELINE]

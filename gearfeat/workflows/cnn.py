@@ -37,7 +37,7 @@ def train_cnn(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     started = time.perf_counter()
     config = config or FitConfig()
     split = split or SplitConfig()
-    image_size = check_image_size(image_size, "--image-size")
+    image_size = check_image_size(image_size, "image_size")
     build_cnn(2, image_size, layers, augment)  # a bad architecture fails before the images are decoded
     run = RunDir(out, create=True)
     data = load_split(data_dir, split, image_size, labels=labels, progress=progress)

@@ -73,10 +73,11 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
     ``head``, ``baseline`` and ``baseline_c`` are passed to :func:`gearfeat.train`.
     """
     started = time.perf_counter()
-    for option, value, least in (("--per-class", per_class, 3), ("--new-images", n_new, 1)):
+    for name, value, least in (("per_class", per_class, 3), ("n_new", n_new, 1)):
         if not is_int(value, least):
-            raise GearfeatError(f"{option} must be an integer >= {least}, got {value!r}"
-                                + (" (one image each for training, validation and test)" if least == 3 else ""))
+            raise GearfeatError(f"{name} must be an integer >= {least}, got {value!r}"
+                                + (" (one image each for training, validation and test)" if least == 3 else ""),
+                                parameter=name)
     out = Path(out)
     config = replace(config or DEMO_CONFIG, weights=weights)
     data_dir = out / "data" / "shapes"

@@ -59,8 +59,8 @@ def unfreeze_top(model: keras.Model, n: int) -> list[str]:
     """
     layers = backbone_layers(model)
     if not is_int(n, 1) or n > len(layers):
-        raise GearfeatError(f"--unfreeze {n!r}: the backbone has {len(layers)} layers; pass a number from 1 "
-                            f"to {len(layers)}")
+        raise GearfeatError(f"unfreeze {n!r}: the backbone has {len(layers)} layers; pass a number from 1 "
+                            f"to {len(layers)}", parameter="unfreeze")
     model.get_layer("backbone").trainable = True
     top = {id(layer) for layer in layers[len(layers) - n:]}
     for layer in layers:
@@ -116,7 +116,8 @@ def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: in
     dataset = scan_dataset(data_dir, labels=LabelFile(**recorded) if recorded else None)
     _check_classes(source.path, classes, dataset.class_names, data_dir)  # before decoding or creating --out
     if Path(out).resolve() == source.path.resolve():
-        raise GearfeatError(f"--out {out} is the run being fine-tuned; write the fine-tuned run to another folder")
+        raise GearfeatError(f"out {out} is the run being fine-tuned; write the fine-tuned run to another folder",
+                            parameter="out")
     run = RunDir(out, create=True)
     data = load_split(dataset, split, image_size, progress=progress)
     if any(len(data.parts[k]) != info.split.get(k) for k in data.parts):

@@ -23,7 +23,7 @@ from sklearn.metrics import log_loss
 from .._internal.errors import GearfeatError, ImageError
 from .._internal.progress import Progress
 from .._internal.system import machine_summary
-from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
+from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, write_skipped
 from ..data.images import decoded_batches, load_image
 from ..data.labels import LabelFile
 from ..models.stitch import quiet_absl, save_model
@@ -56,7 +56,7 @@ class FitConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise GearfeatError(f"invalid training parameter {name}={getattr(self, name)!r}")
+                raise GearfeatError(f"invalid training parameter {name}={getattr(self, name)!r}", parameter=name)
 
 
 @dataclass
@@ -123,8 +123,7 @@ def load_split(data: str | os.PathLike | Dataset, split: SplitConfig, image_size
                                     progress=progress)
     for item in dataset.skipped:
         logger.warning(f"skipped {item.path}: {item.reason}")
-    parts = split_dataset(dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
+    parts = split.parts(dataset)
     logger.info(f"{len(dataset.records)} images of {len(dataset.class_names)} classes "
                 f"({', '.join(f'{k} {len(v)}' for k, v in parts.items())}), {len(dataset.skipped)} skipped")
     return ImageSplit(dataset, images, parts, split, list(dataset.skipped))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._internal.system import memory_budget as memory_budget_of, size_text
-from ..data.dataset import Skipped, SplitConfig, split_dataset
+from ..data.dataset import Skipped, SplitConfig
 from ..data.labels import LabelFile
 from ..features.augment import AugmentConfig
 from ..features.cache import FeatureRows
@@ -39,7 +39,7 @@ from ..features.extractor import ExtractorConfig, extract_dataset
 from ..models.baseline import baseline_name
 from ..models.heads import DenseHead
 from ..outputs.runs import RunDir
-from ..tuning.backends import DEFAULT_BACKEND, check_jobs, get_backend
+from ..tuning.backends import Workers
 from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
 from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
@@ -73,8 +73,8 @@ class SearchResult:
 
 
 def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | LabelFile | None = None,
-           space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, n_trials: int | None = 24,
-           jobs: int = -1, backend: str | None = None, address: str | None = None,
+           space: SearchSpace | str | os.PathLike | Mapping | Sequence | None = None, params: Sequence[str] = (),
+           n_trials: int | None = 24, jobs: int = -1, backend: str | None = None, address: str | None = None,
            config: ExtractorConfig | None = None, split: SplitConfig | None = None,
            cache_dir: str | os.PathLike = "cache", memory_budget: str | int | None = None,
            augment: AugmentConfig | None = None, progress: bool = True) -> SearchResult:
@@ -82,7 +82,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     keep the best head as its trial trained it, retrain the best baseline (the defaults of a model no trial
     tried) and write the run folder like ``gearfeat train``.
 
-    ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
+    ``space`` and ``params`` (``NAME=V1,V2`` texts on top of it) as :func:`~gearfeat.tuning.space.parse_space` reads
+    them. ``n_trials`` configurations are drawn at random, every grid of the space getting its share (seeded by
     ``split.seed``, see :meth:`SearchSpace.configurations`); None (or "all"), or at least the size of the space,
     runs the whole grid. ``labels``: a CSV file listing the images of ``data_dir`` (see ``train``). With
     ``backend="dask"`` the extraction runs on the same cluster as the trials. Writes ``trials.csv``,
@@ -100,22 +101,20 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     augmented rows of the training split, and is scored on plain validation images (as ``train``).
     """
     started = time.perf_counter()
-    space = parse_space(space)
+    space = parse_space(space, params)
     config = config or ExtractorConfig()
     split = split or SplitConfig()
     check_settings(config=config, split=split, augment=augment)
     n_trials = None if n_trials == "all" else n_trials  # as --trials all
     configurations = space.configurations(n_trials, seed=split.seed)
-    backend = backend or DEFAULT_BACKEND
-    in_process = get_backend(backend, address).in_process
-    check_jobs(jobs)
+    checked = Workers(jobs, backend, address)  # before the extraction, which can take minutes
+    backend, in_process = checked.backend, checked.spec.in_process
     budget = memory_budget_of(memory_budget)
     run = RunDir(out, create=True)
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, progress=progress,
                                  **({"backend": "dask", "address": address} if backend == "dask" else {}))
     rows, y = extraction.rows, extraction.dataset.labels
-    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
+    parts = split.parts(extraction.dataset)
     training_views(extraction, parts, augment, budget=budget, cache_dir=cache_dir)
     t0 = time.perf_counter()
     with _trial_features(rows, parts, extraction.cache_path, budget, in_process) as (X_train, X_val):

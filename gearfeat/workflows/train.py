@@ -9,7 +9,7 @@ from pathlib import Path
 from sklearn.base import BaseEstimator
 
 from .._internal.system import memory_budget as memory_budget_of
-from ..data.dataset import SplitConfig, split_dataset
+from ..data.dataset import SplitConfig
 from ..data.labels import LabelFile
 from ..features.augment import AugmentConfig
 from ..features.extractor import Extraction, ExtractorConfig, extract_dataset
@@ -69,8 +69,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *,
     run = RunDir(out, create=True)
     extraction = extract_dataset(data_dir, config, labels=labels, cache_dir=cache_dir, backend=backend,
                                  address=address, progress=progress)
-    parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction, test_fraction=split.test_fraction,
-                          seed=split.seed)
+    parts = split.parts(extraction.dataset)
     training_views(extraction, parts, augment, budget=budget, cache_dir=cache_dir)
     fitted = fit_and_save(run, extraction, parts, head=head, split=split, baseline=baseline,
                           baseline_c=baseline_c, started=started, memory_budget=budget)
