@@ -33,7 +33,7 @@ from .features.augment import AugmentConfig  # noqa: E402
 from .features.backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
 from .features.extractor import ExtractorConfig, extract_dataset as extract  # noqa: E402
 from .models.baseline import load_baseline  # noqa: E402
-from .models.heads import DenseHead  # noqa: E402
+from .models.heads import DenseHead, Head  # noqa: E402
 from .models.export import export  # noqa: E402
 from .models.stitch import load_model  # noqa: E402  gearfeat.load_model: Keras safe_mode by default
 from .tuning.space import SearchSpace  # noqa: E402
@@ -45,6 +45,6 @@ from .workflows.train import train  # noqa: E402
 from .outputs.report import write_report  # noqa: E402
 # isort: on
 
-__all__ = ["__version__", "AugmentConfig", "DenseHead", "ExtractorConfig", "SearchSpace", "SplitConfig", "create_backbone", "export", "extract",
+__all__ = ["__version__", "AugmentConfig", "DenseHead", "Head", "ExtractorConfig", "SearchSpace", "SplitConfig", "create_backbone", "export", "extract",
            "finetune", "image_features", "list_backbones", "load_baseline", "load_model", "predict",
            "register_backbone", "search", "train", "train_cnn", "write_report"]

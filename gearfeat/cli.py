@@ -169,6 +169,11 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--augment-seed", type=int, default=seed, help=f"seed of the views (default {seed})")
 
 
+AUGMENT_FLAGS = {"AugmentConfig views": "--augment-views", "AugmentConfig spec": "--augment",
+                 "AugmentConfig seed": "--augment-seed"}
+"""How the CLI spells the fields of :class:`~gearfeat.features.augment.AugmentConfig` that errors name."""
+
+
 def augment_config(args: argparse.Namespace):
     from .features.augment import AugmentConfig
     return AugmentConfig(views=args.augment_views, spec=args.augment, seed=args.augment_seed)
@@ -317,7 +322,7 @@ def _extract_batch_option(parser: argparse.ArgumentParser) -> None:
 @command("extract", help="fill the feature cache for a dataset folder",
          options=(add_data_options, add_extractor_options, add_cluster_options, _extract_batch_option,
                   add_augment_options, add_split_options),
-         parameters={"batch_size": "--batch-size-extract"})
+         parameters={"batch_size": "--batch-size-extract", **AUGMENT_FLAGS})
 def cmd_extract(args: argparse.Namespace) -> int:
     from .features.extractor import extract_dataset
     extraction = extract_dataset(args.data_dir, extractor_config(args), labels=label_file(args),
@@ -332,7 +337,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 @command("train", help="extract (or reuse) features, train head and baseline, save model.h5",
          options=(add_data_options, OUT, add_extractor_options, add_cluster_options, add_split_options,
-                  add_head_options, add_memory_option, add_augment_options))
+                  add_head_options, add_memory_option, add_augment_options),
+         parameters=AUGMENT_FLAGS)
 def cmd_train(args: argparse.Namespace) -> int:
     from .workflows.train import train
     result = train(args.data_dir, args.out, labels=label_file(args), config=extractor_config(args),
@@ -379,7 +385,7 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
 @command("search", help="try many heads on the cached features in parallel; the best becomes model.h5",
          options=(add_data_options, OUT, add_extractor_options, add_split_options, _search_options,
                   add_memory_option, add_augment_options),
-         parameters={"n_trials": "--trials", "params": "--param"})
+         parameters={"n_trials": "--trials", "params": "--param", **AUGMENT_FLAGS})
 def cmd_search(args: argparse.Namespace) -> int:
     from .workflows.search import search
     result = search(args.data_dir, args.out, labels=label_file(args), space=args.space, params=args.param,

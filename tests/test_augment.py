@@ -57,13 +57,13 @@ def test_the_views_share_the_cnn_registry_and_parser():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"views": -1}, "--augment-views must be an integer >= 0, got -1"),
-    ({"views": 1.5}, "--augment-views must be an integer >= 0, got 1.5"),
-    ({"views": True}, "--augment-views must be an integer >= 0, got True"),
-    ({"seed": -3}, "--augment-seed must be an integer from 0 to 4294967295, got -3"),
+    ({"views": -1}, "^AugmentConfig views must be an integer >= 0, got -1$"),
+    ({"views": 1.5}, "^AugmentConfig views must be an integer >= 0, got 1.5$"),
+    ({"views": True}, "^AugmentConfig views must be an integer >= 0, got True$"),
+    ({"seed": -3}, "^AugmentConfig seed must be an integer from 0 to 4294967295, got -3$"),
     ({"views": 2, "spec": "conv:8"}, "unknown augmentation entry 'conv:8'"),
     ({"views": 2, "spec": "zoom:2"}, r"augmentation entry 'zoom:2': bad factor '2'"),
-    ({"views": 2, "spec": "none"}, "--augment-views 2 needs augmentation layers; --augment is 'none'"),
+    ({"views": 2, "spec": "none"}, "^AugmentConfig views 2 needs augmentation layers; AugmentConfig spec is 'none'$"),
     ({"views": 2, "spec": None}, "the augmentation spec must be text"),
 ])
 def test_a_bad_augment_setting_names_the_value(kwargs, message):
@@ -170,6 +170,15 @@ def test_search_trials_train_on_the_views_too(shapes_dir, tmp_path, monkeypatch)
     assert record.views["rows"] == 2 * record.split["train"]
 
 
+def test_views_over_the_memory_budget_name_the_parameters_from_python(shapes_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(extractor_module.FeatureExtractor, "extract_views", lambda *args, **kwargs: pytest.fail())
+    with pytest.raises(GearfeatError, match=r"^AugmentConfig views 2 needs the split's features and their views in "
+                                            r"memory \(.*\), more than the memory budget: raise memory_budget above "
+                                            r"1\.0 kB or take no views \(streamed runs take none\)$"):
+        train(shapes_dir, tmp_path / "run", config=tiny_config(), head=HEAD, cache_dir=tmp_path / "c",
+              augment=AugmentConfig(2), memory_budget="1kB", **QUIET)
+
+
 def test_cli_views_over_the_memory_budget_or_bad_are_one_line_before_any_view(shapes_dir, tmp_path, capsys,
                                                                               monkeypatch):
     views_made = []
@@ -185,6 +194,13 @@ def test_cli_views_over_the_memory_budget_or_bad_are_one_line_before_any_view(sh
     assert err == "gearfeat: error: --augment-views must be an integer >= 0, got -2"
     assert main([*base, "--augment-views", "2", "--augment", "flip,pool"]) == 1
     assert "unknown augmentation entry 'pool'" in capsys.readouterr().err
+    # the library names AugmentConfig's fields; the command line, its flags
+    assert main([*base, "--augment-views", "2", "--augment", "none"]) == 1
+    assert capsys.readouterr().err.strip() == ("gearfeat: error: --augment-views 2 needs augmentation layers; "
+                                               "--augment is 'none'")
+    assert main([*base, "--augment-seed", "-1"]) == 1
+    assert capsys.readouterr().err.strip() == ("gearfeat: error: --augment-seed must be an integer from 0 to "
+                                               "4294967295, got -1")
 
 
 def test_cli_extract_fills_the_views_train_then_reuses(shapes_dir, tmp_path, capsys, backbone_images):

@@ -170,12 +170,15 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not is_int(self.views, 0):
-            raise GearfeatError(f"--augment-views must be an integer >= 0, got {self.views!r}")
+            raise GearfeatError(f"AugmentConfig views must be an integer >= 0, got {self.views!r}",
+                                parameter="AugmentConfig views")
         if not is_int(self.seed, 0) or self.seed > MAX_SEED:
-            raise GearfeatError(f"--augment-seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+            raise GearfeatError(f"AugmentConfig seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}",
+                                parameter="AugmentConfig seed")
         layers = parse_layers(self.spec, augment=True)
         if self.views and not layers:
-            raise GearfeatError(f"--augment-views {self.views} needs augmentation layers; --augment is {self.spec!r}")
+            raise GearfeatError(f"AugmentConfig views {self.views} needs augmentation layers; AugmentConfig spec is "
+                                f"{self.spec!r}", parameter=("AugmentConfig views", "AugmentConfig spec"))
         # one spelling per augmentation, so that the cache file does not depend on spaces or case
         object.__setattr__(self, "spec", ",".join(
             ":".join([kind.name, *map(str, args)]) for kind, args in layers) or "none")

@@ -174,9 +174,10 @@ def split_bytes(dim: int, parts: dict[str, np.ndarray], views: int = 0) -> int:
 
 def _refuse_streamed_views(need: int, budget: int, views: int) -> None:
     if need > budget:
-        raise GearfeatError(f"--augment-views {views} needs the split's features and their views in memory "
-                            f"({size_text(need)}), more than the memory budget {size_text(budget)}: raise "
-                            "--memory-budget or drop --augment-views (streamed runs take no views)")
+        raise GearfeatError(f"AugmentConfig views {views} needs the split's features and their views in memory "
+                            f"({size_text(need)}), more than the memory budget: raise memory_budget above "
+                            f"{size_text(budget)} or take no views (streamed runs take none)",
+                            parameter=("AugmentConfig views", "memory_budget"))
 
 
 def training_views(extraction: Extraction, parts: dict[str, np.ndarray], augment: AugmentConfig | None, *,
