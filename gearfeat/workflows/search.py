@@ -43,7 +43,7 @@ from ..tuning.backends import Workers
 from ..tuning.results import kept_summary, plot_search, write_leaderboard, write_trials
 from ..tuning.space import SearchSpace, parse_space
 from ..tuning.trials import parameter_influence, rank_trials, run_trials
-from .transfer import STREAM_WINDOW_BYTES, check_settings, fit_and_save, training_rows, training_views
+from .transfer import check_settings, fit_and_save, stream_window, training_rows, training_views
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _trial_features(rows: FeatureRows, parts: Mapping[str, np.ndarray], cache_pa
     over = f"the trials' features ({size_text(need)}, more than the budget {size_text(budget)})"
     if in_process:  # two streams at once (the stacks; the baselines beside), each window copied while it is
         # shuffled and batched: a quarter of train's window each
-        window = min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20)) // 4
+        window = stream_window(budget) // 4
         logger.info(f"search: {over} are streamed from the cache, {size_text(window)} at a time; baseline "
                     "trials: SGD logistic regression of their C")
         yield tuple(rows.subset(parts[name], window_bytes=window) for name in ("train", "val"))

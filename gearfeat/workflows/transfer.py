@@ -167,6 +167,12 @@ def check_settings(*, config: ExtractorConfig, split: SplitConfig, head: Head | 
     split.check_for_training()
 
 
+def stream_window(budget: int) -> int:
+    """The feature bytes a run streamed under ``budget`` reads at once: a quarter of the budget, at least 1 MB
+    and at most :data:`STREAM_WINDOW_BYTES`."""
+    return min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20))
+
+
 def split_bytes(dim: int, parts: dict[str, np.ndarray], views: int = 0) -> int:
     """The bytes of a split's features, with ``views`` augmented rows for each training record."""
     return 4 * dim * (sum(len(idx) for idx in parts.values()) + views * len(parts["train"]))
@@ -191,12 +197,12 @@ def training_views(extraction: Extraction, parts: dict[str, np.ndarray], augment
     return add_views(extraction, parts["train"], augment, cache_dir)
 
 
-def training_rows(extraction: Extraction, train_idx: np.ndarray, X_train: np.ndarray, *,
-                  views: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def training_rows(extraction: Extraction, train_idx: np.ndarray,
+                  X_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The training features and labels: ``X_train`` (the plain rows of ``train_idx``), then the rows of the
-    augmented views of those records (``extraction.views``, if any and ``views``)."""
+    augmented views of those records (``extraction.views``, if any)."""
     y = extraction.dataset.labels
-    if not views or extraction.views is None:
+    if extraction.views is None:
         return X_train, y[train_idx]
     owners = extraction.views.owners
     if not np.isin(owners, train_idx).all():
@@ -251,8 +257,7 @@ def fit_and_save(run: RunDir, extraction: Extraction, parts: dict[str, np.ndarra
                    if streamed else ")"))
     labels = {name: y[parts[name]] for name in PARTS}
     if streamed:
-        features = SplitFeatures(labels, rows=rows, indexes=parts,
-                                 window_bytes=min(STREAM_WINDOW_BYTES, max(budget // 4, 1 << 20)))
+        features = SplitFeatures(labels, rows=rows, indexes=parts, window_bytes=stream_window(budget))
     else:
         arrays = {name: rows.read(parts[name]) for name in PARTS}
         arrays["train"], labels["train"] = training_rows(extraction, parts["train"], arrays["train"])
