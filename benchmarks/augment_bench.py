@@ -88,9 +88,9 @@ def main() -> None:
                     costs.append((n, seed, k, stage, extraction.computed, extraction.reused, extraction.seconds))
                     if stage == "warm":
                         continue
-                    plain.views = extraction
                     for use_views in ((False, True) if k == views[0] else (True,)):
-                        X_fit, y_fit = training_rows(plain, train_idx, X[train_idx], views=use_views)
+                        plain.views = extraction if use_views else None
+                        X_fit, y_fit = training_rows(plain, train_idx, X[train_idx])
                         t0 = time.perf_counter()
                         head = DenseHead(seed=seed, **({"epochs": 5} if args.quick else {}))
                         head.fit(X_fit, y_fit, validation_data=(X[val_idx], y[val_idx]),
