@@ -3,7 +3,8 @@
 :class:`StackedHeads` trains :class:`~gearfeat.models.heads.DenseHead` configurations that share their hidden layer
 sizes and batch size as one model. Each head keeps what makes it itself: its learning rate, dropout rate, L2
 factor, batch-norm switch and seed (its initial weights are the ones ``DenseHead.build`` draws, its batches the
-ones ``DenseHead.fit`` draws from the same seed, its dropout masks its own stream), and its own early stopping
+ones ``DenseHead.fit`` draws from the same seed, its dropout masks the ones its Keras ``Dropout`` layers draw),
+and its own early stopping
 on the validation loss with its best epoch's weights kept. A head that stops leaves the stack at the end of that
 epoch, so the others go on without paying for it. :meth:`StackedHeads.head` slices one head out into an ordinary
 fitted ``DenseHead``.
@@ -11,13 +12,15 @@ fitted ``DenseHead``.
 The arithmetic is numpy's: the first layer of every head is one matrix product of the batch with the stacked
 kernels (``(batch, features) @ (features, heads * units)``, already in the (batch, heads, units) layout the
 activations keep, so no transpose or copy), whose weight gradient is one more, and the Adam update runs over
-the stacked weights in cache-sized blocks with its moments kept scaled (fewer passes over the weights). On this project's 2-core CPU numpy's OpenBLAS
-multiplies about 1.8 times as fast as TensorFlow's default kernels, and nothing is traced. Without dropout a
-stacked head follows the same arithmetic as ``DenseHead.fit`` (tested to float rounding); its dropout masks
-come from its own NumPy stream (seeded by its seed and layer), not TensorFlow's.
+the stacked weights in cache-sized blocks with its moments kept scaled (fewer passes over the weights). On this
+project's 2-core CPU numpy's OpenBLAS multiplies about twice as fast as TensorFlow's default kernels, and nothing
+is traced. A stacked head follows the same arithmetic as ``DenseHead.fit`` (tested to float rounding), dropout
+included: its masks are drawn as Keras's ``Dropout`` draws them (TensorFlow's stateless uniform numbers, seeded
+by the layer's seed and the training step).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -234,6 +237,7 @@ class _Training:
         self.lr = np.array([h.learning_rate for h in heads], np.float64)
         self.l2 = np.array([h.l2 for h in heads], np.float32)
         self.rate = np.array([h.dropout for h in heads], np.float32)
+        self.dropout_seeds = [h.layer_seeds()[1] for h in heads]  # per head, its Dropout layers' seeds
         self.bn = np.array([bool(h.batch_norm) for h in heads])
         self.epochs = np.array([int(h.epochs) for h in heads])
         self.patience = np.array([int(h.patience) for h in heads])
@@ -252,8 +256,6 @@ class _Training:
         self.streamed = isinstance(X, FeatureRows)
         self.orders = {} if self.streamed else {seed: _permutations(len(X), seed, int(self.epochs.max()))
                                                 for seed in {int(h.seed) for h in heads}}
-        self.dropout_rngs = [[np.random.default_rng([int(h.seed), layer]) for layer in range(len(self.hidden))]
-                             for h in heads]
         self.iterations = 0
         self.scratch = np.empty(_BLOCK, np.float32)  # Adam's temporary, one block
 
@@ -420,14 +422,17 @@ class _Training:
         return loss, right
 
     def _dropout_mask(self, active, layer, rates, b, units) -> np.ndarray | None:
-        """Each head's inverted-dropout mask (b, H, units) from its own stream (ones for a head without dropout)."""
+        """Each head's inverted-dropout mask (b, H, units), the one its Keras ``Dropout`` layer draws at this
+        training step (ones for a head without dropout)."""
         if not rates.any():
             return None
         mask = np.ones((b, len(active), units), np.float32)
-        for j, i in enumerate(active):
-            if rates[j]:
-                u = self.dropout_rngs[i][layer].random((b, units), dtype=np.float32)
-                np.multiply(u >= rates[j], np.float32(1 / (1 - rates[j])), out=mask[:, j])
+        dropping = np.flatnonzero(rates)
+        drawn = _dropout_uniforms((b, units), [self.dropout_seeds[active[j]][layer] for j in dropping],
+                                  self.iterations)
+        for j, u in zip(dropping, drawn):
+            rate = float(self.stack.heads[active[j]].dropout)
+            np.multiply(u >= np.float32(rate), np.float32(1 / (1 - rate)), out=mask[:, j])
         return mask
 
     def _adam(self, grads: list[np.ndarray]) -> None:
@@ -483,6 +488,30 @@ def _adam_block(param, m, v, g, rate, decay, scratch) -> None:
     np.divide(m, g, out=g)
     g *= rate
     param -= g
+
+
+def _dropout_uniforms(shape: tuple[int, int], seeds: Sequence[int], step: int) -> np.ndarray:
+    """The uniform numbers Keras ``Dropout(seed=s)`` layers draw at training step ``step`` (0-based), for each
+    ``s`` of ``seeds``: (len(seeds), *shape). A layer's seed generator state ``[s, step]`` (int64, folded into
+    int32 as Keras's TensorFlow backend folds it) seeds ``tf.random.stateless_uniform``; a unit is kept where
+    its number is at least the rate."""
+    import tensorflow as tf
+
+    states = np.mod([[seed, step] for seed in seeds], np.iinfo(np.int32).max - 1).astype(np.int32)
+    return _stateless_uniforms()(tf.constant(states), tf.constant(shape, tf.int32)).numpy()
+
+
+@functools.cache
+def _stateless_uniforms():
+    """One graph that draws ``tf.random.stateless_uniform(shape)`` for each seed state (one call per step for
+    every head, traced once: eager calls cost about a millisecond each)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([2], tf.int32)])
+    def draw(states, shape):
+        return tf.map_fn(lambda state: tf.random.stateless_uniform(shape, seed=state, dtype=tf.float32), states,
+                         fn_output_signature=tf.float32)
+    return draw
 
 
 def _dense(a: np.ndarray, kernel: np.ndarray, layer: int) -> np.ndarray:
