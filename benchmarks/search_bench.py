@@ -18,10 +18,10 @@ stitching and writing the run folder), in the default backend (stacks of heads i
 * each dense configuration of the 24-trial search trained alone (one Keras ``DenseHead.fit``, the way trials
   ran before stacks), with the search's seed and with the next seed: the median absolute difference of
   validation accuracy, and the leaderboard's top 3 (trial and validation accuracy) stacked, alone and alone
-  with the next seed. A stacked head's dropout masks come from its own NumPy stream, not TensorFlow's, so
-  with dropout it follows another random path than alone, as another seed would: the top 3 alone at two
-  seeds shows how much of a difference that noise makes by itself, and the accuracy the stacked top 3 reach
-  alone tells whether picking by the stacked scores costs anything;
+  with the next seed. A stacked head draws its dropout masks as its Keras ``Dropout`` layers do, so stacked
+  and alone follow the same arithmetic up to float rounding; the top 3 alone at the next seed shows how much
+  seed noise alone moves it, and the accuracy the stacked top 3 reach alone tells whether picking by the
+  stacked scores costs anything;
 * the 6 baseline trials in 2 joblib threads against 2 loky processes (their start-up included), which the
   ``local`` backend's choice of threads rests on.
 

@@ -387,7 +387,8 @@ def test_zero_fraction_gives_an_empty_split():
 
 def test_class_with_too_few_distinct_images_is_named():
     dataset = synthetic({"fine": 10, "rare": 2}, duplicates=4)  # 8 files, but only 2 distinct images
-    with pytest.raises(GearfeatError, match=r"class 'rare' has 2 distinct images; .* need at least 3"):
+    with pytest.raises(GearfeatError, match=r"class 'rare' has 2 distinct images; val_fraction=0.15 and "
+                                            r"test_fraction=0.15 need at least 3"):
         split_dataset(dataset)
     assert len(split_dataset(dataset, val_fraction=0)["test"]) > 0
 

@@ -212,6 +212,7 @@ def test_class_too_small_for_the_split_is_a_clear_error(shapes_copy, tmp_path, c
                  str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and err.startswith("gearfeat: error: class 'circle' has 2 distinct images;"), err
+    assert "--val-fraction=0.15 and --test-fraction=0.15 need at least 3" in err, err  # the flags, not Python's names
 
 
 def test_a_class_whose_every_image_fails_says_they_were_skipped(shapes_copy, tmp_path, capsys):

@@ -13,6 +13,7 @@ from gearfeat.cli import main
 from gearfeat.data.dataset import split_dataset
 from gearfeat._internal.errors import GearfeatError
 from gearfeat.models.heads import DenseHead
+from gearfeat.tuning.backends import Workers
 from gearfeat.tuning.space import DEFAULT_SPACE, PARAMS, SearchSpace, parse_param, parse_space
 from gearfeat.tuning.trials import parameter_influence, rank_trials, run_trials
 from gearfeat.tuning.results import plot_search
@@ -204,8 +205,8 @@ def test_parameter_influence_and_the_search_figure(tmp_path):
 # ------------------------------------------------------------------------------------------ trials
 def test_trials_are_deterministic_and_ranked(blobs, logged):
     configurations = SearchSpace(FAST).configurations()
-    first = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, progress=False)
-    again = run_trials(configurations, *blobs, jobs=2, backend="loky", seed=5, **quiet)
+    first = run_trials(configurations, *blobs, seed=5, progress=False, workers=Workers(2, "loky"))
+    again = run_trials(configurations, *blobs, seed=5, workers=Workers(2, "loky"), **quiet)
     assert _results(first) == _results(again)
     assert re.fullmatch(r"search: 5 trials on 2 loky workers, \d+ TensorFlow threads? each", logged()[0])
     assert [r["params"] for r in first] == configurations
@@ -232,35 +233,35 @@ def test_a_trial_trains_with_the_runs_seed_as_the_retrained_winner_does(blobs):
     assert run_trial(params, *blobs, 3, seed=6)["val_loss"] != trial["val_loss"]
 
 
-def test_backend_errors_are_one_line(blobs, monkeypatch):
+def test_backend_errors_are_one_line(monkeypatch):
     with pytest.raises(GearfeatError, match="unknown backend 'mpi'; choose one of: loky, threading, dask, ray"):
-        run_trials([{}], *blobs, backend="mpi", **quiet)
+        Workers(backend="mpi")
     with pytest.raises(GearfeatError, match="jobs must be a positive number"):
-        run_trials([{}], *blobs, jobs=0, **quiet)
+        Workers(0)
     with pytest.raises(GearfeatError, match="^address is for the dask and ray backends, not loky"):
-        run_trials([{}], *blobs, backend="loky", address="tcp://127.0.0.1:8786", **quiet)
+        Workers(backend="loky", address="tcp://127.0.0.1:8786")
     with pytest.raises(GearfeatError, match="^address is for the dask and ray backends, not local"):
-        run_trials([{}], *blobs, address="tcp://127.0.0.1:8786", **quiet)  # the default backend
+        Workers(address="tcp://127.0.0.1:8786")  # the default backend
     monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without Ray
     with pytest.raises(GearfeatError, match=re.escape("backend ray needs the 'ray' package: "
                                                       "pip install gearfeat[ray]")):
-        run_trials([{}], *blobs, backend="ray", **quiet)
+        Workers(backend="ray")
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(GearfeatError, match=re.escape("backend dask needs the 'distributed' package: "
                                                       "pip install gearfeat[dask]")):
-        run_trials([{}], *blobs, backend="dask", address="tcp://127.0.0.1:8786", **quiet)
+        Workers(backend="dask", address="tcp://127.0.0.1:8786")
 
 
 def test_dask_backend_on_a_local_cluster(blobs, logged):
     distributed = pytest.importorskip("distributed")
     configurations = SearchSpace(FAST).configurations()
     with pytest.raises(GearfeatError, match="^backend dask needs address"):
-        run_trials(configurations, *blobs, backend="dask", **quiet)
-    local = run_trials(configurations, *blobs, jobs=1, progress=False)
+        Workers(backend="dask")
+    local = run_trials(configurations, *blobs, progress=False, workers=Workers(1))
     assert logged() == ["search: 5 trials in this process on 1 thread (4 heads in 2 stacks, 1 baseline)"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        rows = run_trials(configurations, *blobs, jobs=-1, backend="dask", address=cluster.scheduler_address,
+        rows = run_trials(configurations, *blobs, workers=Workers(-1, "dask", address=cluster.scheduler_address),
                           **quiet)
     _assert_same_trials(rows, local, configurations)
 
@@ -268,13 +269,13 @@ def test_dask_backend_on_a_local_cluster(blobs, logged):
 def test_ray_backend_on_a_local_cluster(blobs, monkeypatch):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install gearfeat[ray])")
     configurations = SearchSpace(FAST).configurations()
-    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    local = run_trials(configurations, *blobs, workers=Workers(1), **quiet)
     puts = []
     put = ray.put
     monkeypatch.setattr(ray, "put", lambda value, **kwargs: puts.append(value.shape) or put(value, **kwargs))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        rows = run_trials(configurations, *blobs, jobs=-1, backend="ray", **quiet)
+        rows = run_trials(configurations, *blobs, workers=Workers(-1, "ray"), **quiet)
     finally:
         ray.shutdown()
     _assert_same_trials(rows, local, configurations)
@@ -283,14 +284,14 @@ def test_ray_backend_on_a_local_cluster(blobs, monkeypatch):
 
 def test_a_backend_that_cannot_stream_results_runs_trials_in_waves(blobs, monkeypatch):
     configurations = SearchSpace(FAST).configurations()
-    local = run_trials(configurations, *blobs, jobs=1, **quiet)
+    local = run_trials(configurations, *blobs, workers=Workers(1), **quiet)
     monkeypatch.setitem(backends.BACKENDS, "threading", dataclasses.replace(backends.BACKENDS["threading"], streams=False))
     waves, call = [], trials_module.joblib.Parallel.__call__
     monkeypatch.setattr(trials_module.joblib.Parallel, "__call__",
                         lambda self, calls: waves.append(len(calls)) or call(self, calls))
     updates = []
     monkeypatch.setattr(trials_module.Progress, "update", lambda self, n=1: updates.append(n))
-    rows = run_trials(configurations, *blobs, jobs=1, backend="threading")
+    rows = run_trials(configurations, *blobs, workers=Workers(1, "threading"))
     # 2 stacks and 1 baseline in waves of twice the workers; the bar moves trial by trial
     assert waves == [2, 1] and len(updates) == 5
     _assert_same_trials(rows, local, configurations)
@@ -305,15 +306,15 @@ def test_no_more_workers_than_trials(blobs, monkeypatch, logged):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(trials_module.joblib, "Parallel", Recording)
-    run_trials([{}, {"hidden": []}], *blobs, jobs=8, backend="threading", progress=False)
+    run_trials([{}, {"hidden": []}], *blobs, progress=False, workers=Workers(8, "threading"))
     assert workers == [2] and logged() == ["search: 2 trials on 2 threading workers"]
 
 
 def test_a_stack_split_by_the_memory_budget_gives_the_same_trials(blobs, logged):
     from gearfeat.tuning.trials import STACK_BUDGET
     configurations = SearchSpace({**FAST, "learning_rate": [1e-2, 3e-3, 1e-3], "dropout": [0.0, 0.3]}).configurations()
-    whole = run_trials(configurations, *blobs, seed=3, jobs=2, progress=False)
-    split = run_trials(configurations, *blobs, seed=3, jobs=2, budget=1, progress=False)
+    whole = run_trials(configurations, *blobs, seed=3, progress=False, workers=Workers(2))
+    split = run_trials(configurations, *blobs, seed=3, budget=1, progress=False, workers=Workers(2))
     assert logged() == ["search: 13 trials in this process on 2 threads (12 heads in 2 stacks, 1 baseline)",
                         "search: 13 trials in this process on 2 threads (12 heads in 12 stacks, 1 baseline)"]
     for a, b in zip(whole, split):  # each head alone in its stack: the same trial, to float rounding

@@ -141,7 +141,7 @@ def test_in_process_trials_on_cache_rows_never_hold_a_split(tmp_path):
         [{"baseline": "logreg", "baseline_c": 1.0}]
     tracemalloc.start()
     found = run_trials(configurations, rows.subset(train, window_bytes=window), y[train],
-                       rows.subset(val, window_bytes=window), y[val], n_classes=3, backend="local", progress=False)
+                       rows.subset(val, window_bytes=window), y[val], n_classes=3, progress=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     split = 4 * 1024 * len(train)

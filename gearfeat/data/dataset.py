@@ -210,7 +210,7 @@ def _split(dataset: Dataset, val_fraction: float, test_fraction: float, seed: in
                 f"class {name!r} has {len(groups)} distinct image{'' if len(groups) == 1 else 's'}"
                 + (f" ({skipped} of its files were skipped, each listed above)" if skipped else "") + "; "
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} need at least {needed} "
-                "(one per split): add images to it or lower the fractions")
+                "(one per split): add images to it or lower the fractions", parameter=("val_fraction", "test_fraction"))
         groups.sort(key=lambda digest: hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest())
         n_val, n_test = _split_counts(len(groups), val_fraction, test_fraction)
         cuts = {"test": groups[:n_test], "val": groups[n_test:n_test + n_val],

@@ -131,16 +131,15 @@ def run_stack(indexes: Sequence[int], configurations: Sequence[Mapping[str, Any]
 
 def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y_train: np.ndarray,
                X_val: Features, y_val: np.ndarray, *, n_classes: int | None = None, seed: int = 0,
-               jobs: int = -1, backend: str | None = None, address: str | None = None,
-               progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
+               workers: Workers | None = None, progress: bool = True, budget: int = STACK_BUDGET) -> Trials:
     """Run every configuration (dense heads in stacks of at most ``budget`` bytes, see :func:`run_stack`;
     baselines with :func:`run_trial`); rows in configuration order, each with its ``trial`` number and
-    ``params`` (a baseline estimator by its :func:`baseline_name`). ``jobs``, ``backend`` and ``address`` as
-    :class:`~gearfeat.tuning.backends.Workers` checks them. Features given as cache rows
+    ``params`` (a baseline estimator by its :func:`baseline_name`), on ``workers`` (default ``Workers()``: this
+    process, a thread per core). Features given as cache rows
     (:class:`~gearfeat.features.cache.FeatureRows`) are streamed by every trial (see :func:`run_trial`); arrays are
     sent to the workers once."""
-    checked = Workers(jobs, backend, address)
-    backend, spec = checked.backend, checked.spec
+    workers = workers or Workers()
+    backend, spec, jobs, address = workers.backend, workers.spec, workers.jobs, workers.address
     arrays = [_features(X_train), np.asarray(y_train, np.int64), _features(X_val), np.asarray(y_val, np.int64)]
     n_classes = int(n_classes or max(arrays[1].max(), arrays[3].max()) + 1)
     dense = [i for i, params in enumerate(configurations) if kind_of(params) != BASELINE]
@@ -163,20 +162,20 @@ def run_trials(configurations: Sequence[Mapping[str, Any]], X_train: Features, y
                        for i in baselines])
 
         if spec.in_process:
-            workers = max(1, min(len(stacks) + len(baselines), joblib.effective_n_jobs(int(jobs))))
-            logger.info(f"search: {trials} in this process on {workers} thread{'s' * (workers > 1)} ({len(dense)} "
+            threads = max(1, min(len(stacks) + len(baselines), joblib.effective_n_jobs(int(jobs))))
+            logger.info(f"search: {trials} in this process on {threads} thread{'s' * (threads > 1)} ({len(dense)} "
                         f"head{'s' * (len(dense) != 1)} in {len(stacks)} stack{'s' * (len(stacks) != 1)}, "
                         f"{len(baselines)} baseline{'s' * (len(baselines) != 1)})")
             costs = [_stack_cost([specs[j] for j in part], *arrays[0].shape, n_classes) for part in plan]
-            results = _in_process(calls(None), costs, workers)
+            results = _in_process(calls(None), costs, threads)
         else:
             with joblib.parallel_config(n_jobs=int(jobs), **settings):
                 units = len(stacks) + len(baselines)
-                workers = max(1, min(units, joblib.effective_n_jobs(int(jobs))))
-                threads = spec.threads(workers)
-                logger.info(f"search: {trials} on {workers} {backend} worker{'s' * (workers > 1)}"
+                n_workers = max(1, min(units, joblib.effective_n_jobs(int(jobs))))
+                threads = spec.threads(n_workers)
+                logger.info(f"search: {trials} on {n_workers} {backend} worker{'s' * (n_workers > 1)}"
                             + (f", {threads} TensorFlow thread{'s' * (threads > 1)} each" if threads else ""))
-                results = _finished(calls(threads), workers=workers, streams=spec.streams)
+                results = _finished(calls(threads), workers=n_workers, streams=spec.streams)
         for done, stack in results:
             for i, row in done:
                 params = dict(configurations[i])

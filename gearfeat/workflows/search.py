@@ -120,8 +120,8 @@ def search(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str |
     with _trial_features(rows, parts, extraction.cache_path, budget, in_process) as (X_train, X_val):
         X_train, y_train = training_rows(extraction, parts["train"], X_train)
         found = run_trials(configurations, X_train, y_train, X_val, y[parts["val"]],
-                           n_classes=len(extraction.dataset.class_names), seed=split.seed, jobs=jobs,
-                           backend=backend, address=address, progress=progress)
+                           n_classes=len(extraction.dataset.class_names), seed=split.seed, workers=checked,
+                           progress=progress)
     search_seconds = time.perf_counter() - t0
     board = rank_trials(found)
     by_trial = {t["trial"]: t for t in board}
