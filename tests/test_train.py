@@ -175,7 +175,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (["--learning-rate", "inf"], "invalid head parameter --learning-rate=inf"),
     (["--dropout", "nan"], "invalid head parameter --dropout=nan"),
     (["--l2", "inf"], "invalid head parameter --l2=inf"),
-    (["--baseline-c", "nan"], "baseline C must be a finite number above 0, got nan"),
+    (["--baseline-c", "nan"], "--baseline-c must be a finite number above 0, got nan"),
     (["--baseline", "forest"], "unknown baseline 'forest'"),
     (["--val-fraction", "nan"], "--val-fraction must be a number in [0, 1), got nan"),
     (["--test-fraction", "0"], "--test-fraction is 0.0: training needs test images"),
