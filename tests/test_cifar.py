@@ -289,7 +289,8 @@ def test_a_corrupt_keras_download_says_what_to_do(monkeypatch):
                          "provided value of 6d958be0.")
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", corrupt)
-    with pytest.raises(GearfeatError, match=r"download is corrupt .*delete ~/.keras/datasets/cifar-10"):
+    with pytest.raises(GearfeatError, match=r"download is corrupt; delete ~/.keras/datasets/cifar-10.*, or set data "
+                                            r"to .*\(Incomplete "):
         load_cifar10()
 
 
