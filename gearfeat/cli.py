@@ -412,7 +412,8 @@ def _predict_options(parser: argparse.ArgumentParser) -> None:
                         help="load with safe_mode=False (runs code stored in the file: only for files you trust)")
 
 
-@command("predict", help="classify images with a saved model", options=(_predict_options,))
+@command("predict", help="classify images with a saved model", options=(_predict_options,),
+         parameters={"safe_mode=False": "--unsafe"})
 def cmd_predict(args: argparse.Namespace) -> int:
     from .outputs.plots import png_path
     from .workflows.predict import Predictor
@@ -583,10 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
                            **({"formatter_class": argparse.RawDescriptionHelpFormatter} if spec.raw_epilog else {}))
         for add in spec.options:
             add(p)
-        # argparse keeps the parser's arguments in _actions (no public accessor): dest -> its long flag
-        flags = {action.dest: max(action.option_strings, key=len) for action in p._actions if action.option_strings}
-        p.set_defaults(run=spec.run, flags={**flags, **spec.parameters})
+        p.set_defaults(run=spec.run, flags={**flag_names(p), **spec.parameters})
     return parser
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The long flag of each option of ``parser`` by its dest: what :meth:`GearfeatError.renamed` takes."""
+    # argparse keeps the parser's arguments in _actions (no public accessor)
+    return {action.dest: max(action.option_strings, key=len) for action in parser._actions if action.option_strings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

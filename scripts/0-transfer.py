@@ -19,8 +19,8 @@ import sys
 import gearfeat  # noqa: F401  registers the Lambda functions that cifar10.h5 refers to
 from gearfeat.workflows.cifar import (CIFAR_BATCH_SIZE, DEFAULT_BACKBONE, HEAD_DEFAULTS, IMAGE_SIZE, model_inputs,
                                       train_cifar10)
-from gearfeat.cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_head_options, dense_head, messages_to_stderr,
-                          sigterm_interrupts)
+from gearfeat.cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, _positive_int, add_head_options, dense_head,
+                          flag_names, messages_to_stderr, sigterm_interrupts)
 from gearfeat._internal.errors import GearfeatError
 from gearfeat.features.extractor import ExtractorConfig
 
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-size", type=int, default=None,
                    help="size the Lambda layer upscales 32x32 images to (default: the application's own)")
     g.add_argument("--cache-dir", default="cache", help="feature cache folder (default ./cache)")
-    g.add_argument("--batch-size-extract", type=int, default=CIFAR_BATCH_SIZE,
+    # refused here: the library's batch_size errors are the head's (--batch-size)
+    g.add_argument("--batch-size-extract", type=_positive_int, default=CIFAR_BATCH_SIZE,
                    help=f"images per backbone batch (default {CIFAR_BATCH_SIZE})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("validation and output")
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Train on CIFAR-10 and save ./cifar10.h5; exit status 0 ok, 1 error (one line), 130 interrupted (Ctrl-C
     or SIGTERM, as for gearfeat's commands)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         with sigterm_interrupts(), messages_to_stderr():
             config = ExtractorConfig(backbone=args.backbone, alpha=args.alpha, weights=args.weights,
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
                                    batch_size=args.batch_size_extract, plots=args.plots,
                                    progress=not args.no_progress)
     except GearfeatError as exc:
-        _log(f"0-transfer.py: error: {exc}")
+        _log(f"0-transfer.py: error: {exc.renamed(flag_names(parser))}")  # the library's parameters, by flag
         return EXIT_ERROR
     except KeyboardInterrupt:
         _log("0-transfer.py: interrupted; the features computed so far stay in the cache, run again to "

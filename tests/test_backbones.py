@@ -56,7 +56,7 @@ def test_offline_imagenet_download_fails_with_one_clear_line(monkeypatch, capsys
     with pytest.raises(GearfeatError) as info:
         create_backbone("mobilenet_v2", weights="imagenet", input_size=96, alpha=0.35)
     message = str(info.value)
-    assert "\n" not in message and "--weights PATH" in message and "mobilenet_v2" in message
+    assert "\n" not in message and "set weights to the path of a local" in message and "mobilenet_v2" in message
     out, err = capsys.readouterr()
     assert out == "" and err == ""  # Keras's "Downloading data from" line is dropped: the error says it all
 
@@ -131,8 +131,8 @@ def test_weights_for_another_alpha_say_which_alpha_they_are_for(tmp_path, name, 
     with h5py.File(weights, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(
             f, create_backbone(name, weights=None, input_size=96, alpha=float(file_alpha)))
-    hint = f"(the file's name says alpha {file_alpha}, size 96: pass --alpha {file_alpha})"
-    with pytest.raises(GearfeatError, match=f"cannot build {name} .*Shape mismatch.*{re.escape(hint)}$"):
+    hint = f"pass alpha={file_alpha} (the file's name says alpha {file_alpha}, size 96); with input 96 and alpha 0.5"
+    with pytest.raises(GearfeatError, match=f"^cannot build {name} from .*: {re.escape(hint)}: .*Shape mismatch"):
         create_backbone(name, weights=weights, input_size=96, alpha=0.5)
 
 

@@ -274,10 +274,10 @@ def test_bad_data_path_and_bad_options_are_one_line(cifar, tmp_path, capsys, mon
     assert main(["--data", str(tmp_path), "--backbone", "resnet5"]) == 1
     assert "unknown backbone 'resnet5'" in capsys.readouterr().err
     assert main(["--data", str(cifar[0]), *TINY_ARGS, "--val-fraction", "1.5"]) == 1
-    assert "val_fraction must be in (0, 1), got 1.5" in capsys.readouterr().err
+    assert "error: --val-fraction must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["--data", str(cifar[0]), *TINY_ARGS, "--val-fraction", "0.01"]) == 1  # 2 images, 10 classes
     err = capsys.readouterr().err.strip()
-    assert "cannot hold out val_fraction=0.01 of 200 training images stratified by class" in err
+    assert "cannot hold out --val-fraction=0.01 of 200 training images stratified by class" in err
     assert "\n" not in err and list(tmp_path.iterdir()) == []
 
 
@@ -289,7 +289,8 @@ def test_a_corrupt_keras_download_says_what_to_do(monkeypatch):
                          "provided value of 6d958be0.")
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", corrupt)
-    with pytest.raises(GearfeatError, match=r"download is corrupt .*delete ~/.keras/datasets/cifar-10"):
+    with pytest.raises(GearfeatError, match=r"download is corrupt; delete ~/.keras/datasets/cifar-10.*, or set data "
+                                            r"to .*\(Incomplete "):
         load_cifar10()
 
 
@@ -309,10 +310,10 @@ def test_any_other_keras_download_failure_is_one_line_saying_what_to_do(monkeypa
     monkeypatch.chdir(tmp_path)
     assert _import_script().main(TINY_ARGS) == 1
     assert capsys.readouterr().err == (
-        f"0-transfer.py: error: cannot get CIFAR-10 through keras.datasets ({why}); check that ~/.keras/datasets "
+        "0-transfer.py: error: cannot get CIFAR-10 through keras.datasets; check that ~/.keras/datasets "
         "(or $KERAS_HOME/datasets) is writable with ~350 MB free, delete its cifar-10-batches-py* and run "
-        "again, or pass --data PATH with the official cifar-10-python.tar.gz or its extracted "
-        "cifar-10-batches-py folder\n")
+        "again, or set --data to the path of the official cifar-10-python.tar.gz or its extracted "
+        f"cifar-10-batches-py folder ({why})\n")
 
 
 def test_keras_download_messages_go_to_stderr_not_stdout(monkeypatch, capsys):
@@ -362,6 +363,5 @@ def test_offline_without_data_says_what_to_pass(tmp_path):
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("0-transfer.py: error: cannot download CIFAR-10 through keras.datasets (offline?)")
-    assert last.endswith("pass --data PATH with the official cifar-10-python.tar.gz or its extracted "
-                         "cifar-10-batches-py folder")
+    assert "set --data to the path of the official cifar-10-python.tar.gz or its extracted " in last
     assert "Traceback" not in done.stderr and not (tmp_path / "cifar10.h5").exists()

@@ -8,11 +8,15 @@ import pytest
 from gearfeat import cli
 from gearfeat._internal.errors import GearfeatError
 from gearfeat._internal.system import memory_budget
+from conftest import tiny_config
 from gearfeat.cli import COMMANDS, build_parser, main
 from gearfeat.data.dataset import SplitConfig
 from gearfeat.features.extractor import ExtractorConfig
 from gearfeat.models.heads import DenseHead
 
+BACKBONE_ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32", "--backbone-size", "32"]
+TINY_ARGS = [*BACKBONE_ARGS, "--weights", "none", "--no-progress"]
+"""The flags of :func:`conftest.tiny_config`."""
 HELP = Path(__file__).parent / "data" / "help"
 """``gearfeat [COMMAND] --help`` as it was before the registry (80 columns), one file per command."""
 
@@ -39,6 +43,89 @@ def test_the_same_error_from_the_cli_names_the_flag(tmp_path, capsys, option, me
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *option]) == 1
     assert capsys.readouterr().err == f"gearfeat: error: {message}\n"
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def _flags(*argv: str) -> dict[str, str]:
+    """What :func:`main` renames a library error by, for the command line ``argv``."""
+    return build_parser().parse_args(list(argv)).flags
+
+
+def test_cache_dir_is_named_by_the_api_and_by_the_flag(shapes_dir, tmp_path, capsys):
+    from gearfeat.features.extractor import extract_dataset
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(GearfeatError, match=f"^cannot use cache folder {taken}: .*; pass a writable cache_dir$"):
+        extract_dataset(shapes_dir, tiny_config(), cache_dir=taken, progress=False)
+    assert main(["extract", str(shapes_dir), *TINY_ARGS, "--cache-dir", str(taken)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].endswith("; pass a writable --cache-dir")
+
+
+def test_out_is_named_by_the_api_and_by_the_flag(shapes_dir, tmp_path, capsys):
+    from gearfeat.workflows.train import train
+    taken = tmp_path / "out"  # a path component that is the parameter's name stays a path
+    taken.write_text("a file")
+    message = f"out {taken}: cannot create the run folder, a file of that name is in the way; pass another folder"
+    with pytest.raises(GearfeatError) as info:
+        train(shapes_dir, taken, config=tiny_config())
+    assert str(info.value) == message
+    assert main(["train", str(shapes_dir), *TINY_ARGS, "--out", str(taken)]) == 1
+    assert capsys.readouterr().err == f"gearfeat: error: --{message}\n"
+
+
+def test_weights_and_alpha_are_named_by_the_api_and_by_the_flag(monkeypatch, capsys, shapes_dir, tmp_path):
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format  # the layout of Keras Applications' own files
+    from gearfeat.features.backbones import create_backbone
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid/weights.h5")
+
+    monkeypatch.setattr("keras.src.applications.mobilenet_v2.file_utils.get_file", offline)
+    with pytest.raises(GearfeatError, match=r"\(offline\?\); set weights to the path of a local weights .h5 file, "
+                                            r"or to 'none' for random initialization$"):
+        create_backbone("mobilenet_v2", weights="imagenet", input_size=32, alpha=0.35)
+    assert main(["extract", str(shapes_dir), *BACKBONE_ARGS, "--weights", "imagenet", "--no-progress",
+                 "--cache-dir", str(tmp_path / "cache")]) == 1
+    assert "(offline?); set --weights to the path of a local" in capsys.readouterr().err
+
+    weights = tmp_path / "mobilenet_2_5_32_tf_no_top.h5"  # MobileNet's own file name for alpha 0.25
+    with h5py.File(weights, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, create_backbone("mobilenet", weights=None, input_size=32,
+                                                                       alpha=0.25))
+    with pytest.raises(GearfeatError, match=r": pass alpha=0.25 \(the file's name says alpha 0.25, size 32\)") as info:
+        create_backbone("mobilenet", weights=weights, input_size=32, alpha=0.5)
+    assert info.value.parameters == ("alpha",) and "--" not in str(info.value)
+    renamed = info.value.renamed(_flags("train", "data", "--out", "run"))
+    assert ": pass --alpha=0.25 (the file's name says alpha 0.25, size 32); with input 32 and alpha 0.5:" in renamed
+
+
+def test_safe_mode_is_named_by_the_api_and_unsafe_by_the_flag(tmp_path, capsys):
+    import keras
+    import gearfeat
+    path = tmp_path / "lambda.h5"
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(path)
+    with pytest.raises(GearfeatError, match="; if you trust this file, pass safe_mode=False$"):
+        gearfeat.load_model(path)
+    assert main(["predict", str(path), "x.jpg"]) == 1
+    assert capsys.readouterr().err.endswith("; if you trust this file, pass --unsafe\n")
+
+
+def test_labels_is_named_by_the_api_and_by_the_flag(shapes_dir, tmp_path, capsys):
+    from gearfeat.workflows.train import train
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    with pytest.raises(GearfeatError, match=f"^labels takes a CSV file, not a folder: {folder}$"):
+        train(shapes_dir, tmp_path / "run", labels=folder, config=tiny_config(), cache_dir=tmp_path / "cache")
+    assert main(["train", str(shapes_dir), *TINY_ARGS, "--labels", str(folder), "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.endswith(f"error: --labels takes a CSV file, not a folder: {folder}\n")
+
+
+def test_a_flag_is_named_where_the_api_names_its_parameter_not_in_a_path():
+    error = GearfeatError("out runs/out: cannot write out/model.h5 or out.md; pass another out.", parameter="out")
+    assert error.renamed({"out": "--out"}) == "--out runs/out: cannot write out/model.h5 or out.md; pass another out."
+    later = GearfeatError("cannot write runs/out/x or out/y: pass another out.", parameter="out")
+    assert later.renamed({"out": "--out"}) == "cannot write runs/out/x or out/y: pass another --out."
 
 
 def test_renaming_replaces_the_first_whole_word_mention_of_each_parameter():

@@ -102,6 +102,6 @@ def test_demo_into_a_file_is_one_line(tmp_path, capsys):
     taken.write_text("mine")
     assert main(["demo", "--out", str(taken), "--weights", "none", "--no-progress"]) == 1
     last = capsys.readouterr().err.splitlines()[-1]  # after the line announcing the drawing
-    assert last == (f"gearfeat: error: cannot draw the demo images in {taken}: Not a directory; pass another "
-                    "--out folder")
+    assert last == (f"gearfeat: error: --out {taken}: cannot draw the demo images there (Not a directory); pass "
+                    "another folder")
     assert taken.read_text() == "mine"

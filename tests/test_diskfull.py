@@ -81,7 +81,7 @@ def test_a_full_disk_stops_with_one_line_keeps_the_rows_and_a_rerun_completes_th
     committed, message = fill(small_disk)
     assert 0 < committed < 20
     assert message.startswith(f"not enough space for the feature cache in {small_disk}: ") and "\n" not in message
-    assert "the run needs about" in message and "--cache-dir" in message
+    assert "the run needs about" in message and "pass another cache_dir on a disk" in message
     with FeatureCache.open(small_disk, ATTRS, write=False) as cache:  # verifies every committed row's digest
         assert len(cache) == committed * 100
     remount(small_disk, "size=64m")  # space freed
@@ -121,7 +121,7 @@ def test_a_read_only_cache_folder_is_one_line(small_disk):
     remount(small_disk, "ro")
     try:
         with pytest.raises(GearfeatError, match=f"cannot use cache folder {small_disk}: Read-only file system; "
-                                                "pass a writable --cache-dir"):
+                                                "pass a writable cache_dir$"):
             with FeatureCache.open(small_disk, ATTRS):
                 pass
     finally:

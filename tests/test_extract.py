@@ -146,7 +146,7 @@ def test_a_bad_extraction_batch_size_is_a_usage_error(shapes_dir, tmp_path, caps
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name, kwargs", [("batch size", {"batch_size": 0}), ("streams", {"streams": True}),
+@pytest.mark.parametrize("name, kwargs", [("batch_size", {"batch_size": 0}), ("streams", {"streams": True}),
                                            ("workers", {"workers": -1}), ("prefetch", {"prefetch": 1.5})])
 def test_extractor_settings_are_checked(name, kwargs):
     with pytest.raises(GearfeatError, match=f"^{name} must be an integer >= "):

@@ -162,7 +162,7 @@ def test_data_with_other_classes_than_the_run_is_one_clear_error(transfer, shape
     err = capsys.readouterr().err
     assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line] == [
         f"gearfeat: error: {shapes_copy} has classes {found} but {source} was trained on {trained_on} "
-        f"({difference}); point --data-dir at the folder the run was trained on"]
+        f"({difference}); set --data-dir to the folder the run was trained on"]
     assert not out.exists()
 
 

@@ -234,7 +234,7 @@ def test_baseline_settings_are_named():
     for kind, C, seed, message in ((["logreg"], 1.0, 0, r"baseline \['logreg'\] is not a scikit-learn classifier "
                                                         r"\(it has no fit or predict\)"),
                                    ("forest", 1.0, 0, r"^unknown baseline 'forest'; choose one of: logreg, linear_svc, svc$"),
-                                   ("logreg", 0.0, 0, "baseline C must be a finite number above 0, got 0.0"),
+                                   ("logreg", 0.0, 0, "^baseline_c must be a finite number above 0, got 0.0$"),
                                    ("svc", 1.0, -1, "seed must be an integer from 0 to 4294967295, got -1")):
         with pytest.raises(GearfeatError, match=message):
             make_baseline(kind, C, seed=seed)

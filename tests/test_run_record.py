@@ -85,7 +85,7 @@ def test_image_features_reads_a_transfer_run_written_before_format_version(shape
                                             r"\(it reads 1 to 2\); use the gearfeat that wrote it, or run the command"),
     ({**TRANSFER_V1, "format_version": "2"}, r"run\.json has run format_version '2'"),
     ({**TRANSFER_V1, "command": "extract"}, r"is not a run of gearfeat train, search, finetune, cnn \(run\.json "
-                                            r"command 'extract'\); pass the --out folder of one of those$"),
+                                            r"command 'extract'\); pass a folder that one of those wrote$"),
     ({k: v for k, v in TRANSFER_V1.items() if k != "class_names"},
      r"run\.json has no class_names \(the file was edited, or written by an unfinished run\); run the command"),
     ({**TRANSFER_V1, "extractor": {"backbone": "x"}}, r"run\.json has no image_size"),  # nowhere to migrate it from

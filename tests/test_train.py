@@ -154,11 +154,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1
     (tmp_path / "taken").write_text("a file")
     assert main(["train", str(tmp_path), *TINY_ARGS, "--out", str(tmp_path / "taken")]) == 1
-    assert capsys.readouterr().err == (f"gearfeat: error: cannot create run folder {tmp_path / 'taken'}: a file of "
-                                       "that name is in the way; pass another --out\n")
+    assert capsys.readouterr().err == (f"gearfeat: error: --out {tmp_path / 'taken'}: cannot create the run folder, "
+                                       "a file of that name is in the way; pass another folder\n")
     assert main(["train", str(tmp_path), *TINY_ARGS, "--out", str(tmp_path / "taken" / "run")]) == 1
-    assert capsys.readouterr().err == (f"gearfeat: error: cannot create run folder {tmp_path / 'taken' / 'run'}: "
-                                       f"the file {tmp_path / 'taken'} is in the way; pass another --out\n")
+    assert capsys.readouterr().err == (f"gearfeat: error: --out {tmp_path / 'taken' / 'run'}: cannot create the "
+                                       f"run folder, the file {tmp_path / 'taken'} is in the way; pass another "
+                                       "folder\n")
     assert main(["train", str(tmp_path / "no data"), *TINY_ARGS, "--out", str(tmp_path / "new" / "run")]) == 1
     assert "no data" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()  # a run that fails before writing leaves no empty folder behind
@@ -174,7 +175,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     (["--learning-rate", "inf"], "invalid head parameter --learning-rate=inf"),
     (["--dropout", "nan"], "invalid head parameter --dropout=nan"),
     (["--l2", "inf"], "invalid head parameter --l2=inf"),
-    (["--baseline-c", "nan"], "baseline C must be a finite number above 0, got nan"),
+    (["--baseline-c", "nan"], "--baseline-c must be a finite number above 0, got nan"),
     (["--baseline", "forest"], "unknown baseline 'forest'"),
     (["--val-fraction", "nan"], "--val-fraction must be a number in [0, 1), got nan"),
     (["--test-fraction", "0"], "--test-fraction is 0.0: training needs test images"),
@@ -198,7 +199,7 @@ def test_python_lambda_model_is_refused_and_its_code_never_runs(tmp_path, capsys
             f"keras.Model(inputs, keras.layers.Lambda(f)(inputs)).save({str(path)!r})\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
     marker.unlink(missing_ok=True)  # building the model in that process ran the lambda once
-    with pytest.raises(GearfeatError, match="refused to load.*--unsafe"):
+    with pytest.raises(GearfeatError, match="refused to load.*pass safe_mode=False$"):
         load_model(path)
     assert main(["predict", str(path), "x.jpg"]) == 1
     assert "refused to load" in capsys.readouterr().err
@@ -381,7 +382,7 @@ def test_a_scikit_learn_classifier_is_the_baseline_cloned_recorded_and_verified(
                            r"pass an instance of it\)"),
     ("number", r"baseline 3 is not a scikit-learn classifier \(it has no fit or predict\)"),
     ("regressor", r"baseline LinearRegression\(\) is not a scikit-learn classifier \(it is not a classifier\)"),
-    ("C", r"baseline C=0.5 sets the C of a named baseline; set it on the estimator LogisticRegression\(C=2\) instead"),
+    ("C", r"baseline_c=0.5 sets the C of a named baseline; set it on the estimator LogisticRegression\(C=2\) instead"),
 ])
 def test_a_baseline_that_is_no_classifier_is_one_line_naming_it(shapes_dir, tmp_path, baseline, message):
     from sklearn.linear_model import LinearRegression, LogisticRegression

@@ -25,11 +25,11 @@ class GearfeatError(Exception):
         self.parameters: tuple[str, ...] = (parameter,) if isinstance(parameter, str) else tuple(parameter)
 
     def renamed(self, names: Mapping[str, str]) -> str:
-        """The message with the first mention (a whole word) of each of its parameters that ``names`` has
-        replaced by ``names[parameter]``; the others as they are."""
+        """The message with the first mention (a whole word, not part of a path such as ``runs/out/model.h5``)
+        of each of its parameters that ``names`` has replaced by ``names[parameter]``; the others as they are."""
         message = str(self)
         for parameter in self.parameters:
-            found = re.search(rf"(?<![\w-]){re.escape(parameter)}(?![\w-])", message)
+            found = re.search(rf"(?<![\w./-]){re.escape(parameter)}(?![\w-]|[./]\w)", message)
             if found and parameter in names:
                 message = message[:found.start()] + names[parameter] + message[found.end():]
         return message

@@ -117,7 +117,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     except FileNotFoundError:
         raise GearfeatError(f"label file not found: {path}") from None
     except IsADirectoryError:
-        raise GearfeatError(f"{path} is a folder; --labels takes a CSV file") from None
+        raise GearfeatError(f"labels takes a CSV file, not a folder: {path}", parameter="labels") from None
     except OSError as exc:
         raise GearfeatError(f"cannot read label file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

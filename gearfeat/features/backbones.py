@@ -188,13 +188,17 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
         with keras_downloads():
             model = spec.factory(**kwargs)
     except ValueError as exc:
+        hint = _weights_hint(spec, weights, str(exc))
+        if hint:  # the advice first: the first mention of alpha is the one the command line names by its flag
+            raise GearfeatError(f"cannot build {spec.name} from {weights}: {hint}; with input {size} and alpha "
+                                f"{alpha}: {first_line(exc)}", parameter="alpha") from None
         raise GearfeatError(f"cannot build {spec.name} (input {size}, alpha {alpha}, weights {weights}): "
-                            f"{first_line(exc)}{_weights_hint(spec, weights, str(exc))}") from None
+                            f"{first_line(exc)}") from None
     except Exception as exc:  # Keras's download failure is a bare Exception
         if weights == "imagenet" and "fetch" in str(exc).lower():
             raise WeightsUnavailableError(
-                f"cannot download ImageNet weights for {spec.name} (offline?); pass a local weights file with "
-                "--weights PATH (or --weights none for random)") from None
+                f"the ImageNet download for {spec.name} failed (offline?); set weights to the path of a local "
+                "weights .h5 file, or to 'none' for random initialization", parameter="weights") from None
         if weights not in (None, "imagenet"):  # e.g. not an HDF5 file (OSError from h5py)
             raise GearfeatError(f"{weights}: cannot load {spec.name} weights from this file ({first_line(exc)}); "
                                 f"pass a Keras Applications weights .h5 of {spec.name}") from None
@@ -204,7 +208,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = "imagenet"
 
 
 def _weights_hint(spec: BackboneSpec, weights: str | os.PathLike | None, error: str) -> str:
-    """For weights that do not fit the network built: what the Keras file's name says they are for."""
+    """For weights that do not fit the network built: the alpha that the Keras file's name says they are for."""
     if weights in (None, "imagenet") or "shape" not in error.lower():
         return ""
     name = Path(weights).name
@@ -213,5 +217,5 @@ def _weights_hint(spec: BackboneSpec, weights: str | os.PathLike | None, error: 
     if spec.has_alpha and (v2 or v1):
         alpha = v2[1] if v2 else {"1_0": "1.0", "7_5": "0.75", "5_0": "0.5", "2_5": "0.25"}[v1[1]]
         size = (v2 or v1)[2]
-        return f" (the file's name says alpha {alpha}, size {size}: pass --alpha {alpha})"
-    return f" (the weights are for another variant of {spec.name}: check --alpha and the file)"
+        return f"pass alpha={alpha} (the file's name says alpha {alpha}, size {size})"
+    return f"check alpha and the file (the weights are for another variant of {spec.name})"

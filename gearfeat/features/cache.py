@@ -204,7 +204,8 @@ class FeatureCache:
             except _H5_ERRORS as exc:
                 if attempt == 2 or _no_space(exc) or not self._rewrite():
                     raise GearfeatError(f"cannot write cache {self.path}: {first_line(exc)} (disk full or "
-                                        "read-only? free space or pass another --cache-dir)") from None
+                                        "read-only? free space or pass another cache_dir)",
+                                        parameter="cache_dir") from None
                 logger.warning(f"warning: cache {self.path} could not be written ({first_line(exc)}); copied "
                                f"its {self.n_rows} committed rows to a fresh file")
         start = self.n_rows
@@ -223,7 +224,8 @@ class FeatureCache:
             return GearfeatError(
                 f"not enough space for the feature cache in {self.path.parent}: {size_text(free)} free, the run needs "
                 f"about {size_text(total)} more ({rows} image{'' if rows == 1 else 's'} of {dim} features); free space "
-                f"there (the {self.n_rows} rows cached so far are kept) or pass --cache-dir on a disk with room")
+                f"there (the {self.n_rows} rows cached so far are kept) or pass another cache_dir on a disk with room",
+                parameter="cache_dir")
 
         def free() -> int:
             try:
@@ -245,7 +247,7 @@ class FeatureCache:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise no_room(free()) from None
             raise GearfeatError(f"cannot write cache {self.path}: {exc.strerror or exc}; pass a writable "
-                                "--cache-dir") from None
+                                "cache_dir", parameter="cache_dir") from None
 
     def _write(self, path: Path, start: int, columns: Mapping[str, np.ndarray | list]) -> None:
         stop = start + len(columns["features"])
@@ -470,7 +472,7 @@ def _locked(path: Path, *, write: bool) -> Iterator[None]:
         lock = open(path.with_suffix(".lock"), "a+")
     except OSError as exc:
         raise GearfeatError(f"cannot use cache folder {path.parent}: {exc.strerror}; "
-                            "pass a writable --cache-dir") from None
+                            "pass a writable cache_dir", parameter="cache_dir") from None
     with lock:
         mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
         try:

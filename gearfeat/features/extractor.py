@@ -165,10 +165,10 @@ class FeatureExtractor:
                  progress: bool = True):
         if not isinstance(config, ExtractorConfig):
             raise GearfeatError(f"config must be an ExtractorConfig, got {config!r}")
-        for name, value, least in (("batch size", batch_size, 1), ("streams", streams, 1),
+        for name, value, least in (("batch_size", batch_size, 1), ("streams", streams, 1),
                                    ("prefetch", prefetch, 0), ("workers", 1 if workers is None else workers, 1)):
             if not is_int(value, least):
-                raise GearfeatError(f"{name} must be an integer >= {least}, got {value!r}")
+                raise GearfeatError(f"{name} must be an integer >= {least}, got {value!r}", parameter=name)
         self.config = config
         self.batch_size = batch_size
         self.streams = streams
@@ -417,7 +417,7 @@ def _filled_and_verified(cache: FeatureCache, fill: Callable[[], tuple[int, list
             break
         if attempt == 2:
             raise GearfeatError(f"cache {cache.path} fails verification right after it was written; "
-                                "check the disk, or pass another --cache-dir")
+                                "check the disk, or pass another cache_dir", parameter="cache_dir")
     return computed, failed, rows
 
 

@@ -56,10 +56,10 @@ def check_baseline(kind: Baseline, C: float) -> None:
         raise GearfeatError(f"{error}; choose one of: {', '.join(BASELINES)}"
                             + ("" if isinstance(kind, str) else ", or pass a scikit-learn classifier"))
     if not is_real(C) or not 0 < C < math.inf:
-        raise GearfeatError(f"baseline C must be a finite number above 0, got {C!r}")
+        raise GearfeatError(f"baseline_c must be a finite number above 0, got {C!r}", parameter="baseline_c")
     if not isinstance(kind, str) and C != 1.0:
-        raise GearfeatError(f"baseline C={C!r} sets the C of a named baseline; set it on the estimator "
-                            f"{baseline_name(kind)} instead")
+        raise GearfeatError(f"baseline_c={C!r} sets the C of a named baseline; set it on the estimator "
+                            f"{baseline_name(kind)} instead", parameter="baseline_c")
 
 
 def make_baseline(kind: Baseline = "logreg", C: float = 1.0, seed: int = 0) -> BaseEstimator:

@@ -244,13 +244,14 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, format: str,
                             f"{out}: a SavedModel is a folder; pass a path without .tflite/.keras/.h5")
     for taken in (out, metadata_path(out)):
         if taken.exists():
-            raise GearfeatError(f"{taken} exists; remove it or pass another --out")
+            raise GearfeatError(f"out {out}: {taken} exists; remove it or pass another path", parameter="out")
     source = Path(source)
     if not source.exists():
         raise GearfeatError(f"not found: {source}; pass a gearfeat run folder or its model.h5")
     h5 = source / "model.h5" if source.is_dir() else source
     if source.is_dir() and not h5.is_file():
-        raise GearfeatError(f"{source} is not a gearfeat run folder (no model.h5); pass the --out folder of a run")
+        raise GearfeatError(f"{source} is not a gearfeat run folder (no model.h5); pass a folder that a gearfeat "
+                            "run wrote")
     if h5.suffix.lower() != ".h5":
         raise GearfeatError(f"{source}: not a .h5 model; export takes a gearfeat run folder or its model.h5")
     reference = KerasRunner.open(h5)

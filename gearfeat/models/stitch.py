@@ -82,7 +82,7 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, compile: bool
         if "lambda" in str(exc).lower() and "safe_mode" in str(exc):
             raise GearfeatError(
                 f"{path}: refused to load, it contains a Lambda layer with Python bytecode that would run on "
-                "load; if you trust this file, pass --unsafe (safe_mode=False)") from None
+                "load; if you trust this file, pass safe_mode=False", parameter="safe_mode=False") from None
         raise GearfeatError(f"{path}: cannot load model: {first_line(exc)}") from None
     except (OSError, KeyError, TypeError) as exc:
         raise GearfeatError(f"{path}: not a loadable Keras model file ({first_line(exc)})") from None

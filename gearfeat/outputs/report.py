@@ -105,7 +105,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     """
     run_dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)  # one folder
     if not run_dirs:
-        raise GearfeatError("no run folder given; pass the --out folders of gearfeat runs")
+        raise GearfeatError("run_dirs is empty; pass the folders of gearfeat runs", parameter="run_dirs")
     out = Path(out)
     if out.suffix.lower() != ".md":
         raise GearfeatError(f"{out}: the report is Markdown; use a path ending in .md")

@@ -44,8 +44,8 @@ class RunDir:
             _check_creatable(self.path)  # now, not after a long extraction
             self._earlier = set(self.manifest())
         elif not (self.path / MANIFEST).is_file():
-            raise GearfeatError(f"{self.path} is not a gearfeat run folder (no {MANIFEST}); pass the --out "
-                                "folder of a gearfeat run")
+            raise GearfeatError(f"{self.path} is not a gearfeat run folder (no {MANIFEST}); pass a folder that a "
+                                "gearfeat run wrote")
 
     def __truediv__(self, name: str) -> Path:
         """The path of artifact ``name`` (for writing, in a created folder: the earlier run is cleared first)."""
@@ -132,9 +132,11 @@ def _check_creatable(path: Path) -> None:
         return
     if not existing.is_dir():
         in_the_way = "a file of that name" if existing == path else f"the file {existing}"
-        raise GearfeatError(f"cannot create run folder {path}: {in_the_way} is in the way; pass another --out")
+        raise GearfeatError(f"out {path}: cannot create the run folder, {in_the_way} is in the way; pass another "
+                            "folder", parameter="out")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise GearfeatError(f"cannot create run folder {path}: permission denied in {existing}; pass another --out")
+        raise GearfeatError(f"out {path}: cannot create the run folder, permission denied in {existing}; pass "
+                            "another folder", parameter="out")
 
 
 # ------------------------------------------------------------------------------------------ run.json
@@ -213,7 +215,7 @@ class RunRecord:
         command = payload.get("command")
         if command not in COMMANDS:
             raise GearfeatError(f"{Path(path).parent} is not a run of gearfeat {', '.join(COMMANDS)} (run.json "
-                                f"command {command!r}); pass the --out folder of one of those")
+                                f"command {command!r}); pass a folder that one of those wrote")
         if version == 1 and "image_size" not in payload and isinstance(payload.get("extractor"), dict):
             payload = {**payload, "image_size": payload["extractor"].get("image_size")}  # train, search
         hints = typing.get_type_hints(cls)

@@ -80,8 +80,8 @@ def _ray(address: str | None) -> Iterator[dict[str, Any]]:
         try:
             ray.init(address=address or "auto", logging_level=logging.WARNING)  # not its INFO lines
         except ConnectionError as exc:
-            raise GearfeatError(f"cannot connect to a Ray cluster at {address or 'auto'} ({exc}); start one "
-                                "with `ray start --head` or pass --address") from None
+            raise GearfeatError(f"cannot connect to a Ray cluster at {address or 'auto'}: start one with "
+                                f"`ray start --head` or pass address ({exc})", parameter="address") from None
     pool_log = logging.getLogger("ray.util.multiprocessing.pool")
     pool_log.addFilter(_ignored_context_warning)
     try:

@@ -146,7 +146,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
         raise GearfeatError(f"CIFAR-10 images are {IMAGE_SIZE}x{IMAGE_SIZE}: image_size must be "
                             f"{IMAGE_SIZE}, got {config.image_size}")
     if not 0 < val_fraction < 1:
-        raise GearfeatError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        raise GearfeatError(f"val_fraction must be in (0, 1), got {val_fraction!r}", parameter="val_fraction")
     check_baseline(baseline, baseline_c)  # before the extraction, which can take minutes
     (x_train, y_train), (x_test, y_test) = load_cifar10(data)
     y_train, y_test = y_train.reshape(-1).astype(np.int64), y_test.reshape(-1).astype(np.int64)
@@ -155,7 +155,7 @@ def train_cifar10(out: str | os.PathLike = "cifar10.h5", *, data: str | os.PathL
                                               stratify=y_train, random_state=seed)
     except ValueError as exc:  # too few images of a class for a stratified split
         raise GearfeatError(f"cannot hold out val_fraction={val_fraction} of {len(y_train)} training images "
-                            f"stratified by class: {first_line(exc)}") from None
+                            f"stratified by class: {first_line(exc)}", parameter="val_fraction") from None
     logger.info(f"CIFAR-10: {len(x_train)} training and {len(x_test)} test images; backbone {config.backbone} at "
                 f"{config.backbone_size} px, weights {config.weights}")
 
@@ -272,14 +272,14 @@ def _from_keras() -> Arrays:
     except Exception as exc:  # Keras raises a bare Exception for a failed fetch; every failure is one line
         message = first_line(exc)
         if "fetch failure" in message.lower():
-            raise GearfeatError(f"cannot download CIFAR-10 through keras.datasets (offline?): {message}; "
-                                f"pass --data PATH with {_WHAT_TO_PASS}") from None
+            raise GearfeatError(f"cannot download CIFAR-10 through keras.datasets (offline?); set data to the "
+                                f"path of {_WHAT_TO_PASS} ({message})", parameter="data") from None
         if "hash" in message.lower():
-            raise GearfeatError(f"the CIFAR-10 download is corrupt ({message}); delete "
-                                "~/.keras/datasets/cifar-10-batches-py* and run again, or pass --data PATH "
-                                f"with {_WHAT_TO_PASS}") from None
-        raise GearfeatError(f"cannot get CIFAR-10 through keras.datasets ({type(exc).__name__}: {message}); "
-                            "check that ~/.keras/datasets (or $KERAS_HOME/datasets) is writable with ~350 MB "
-                            "free, delete its cifar-10-batches-py* and run again, or pass --data PATH with "
-                            f"{_WHAT_TO_PASS}") from None
+            raise GearfeatError("the CIFAR-10 download is corrupt; delete ~/.keras/datasets/cifar-10-batches-py* "
+                                f"and run again, or set data to the path of {_WHAT_TO_PASS} ({message})",
+                                parameter="data") from None
+        raise GearfeatError("cannot get CIFAR-10 through keras.datasets; check that ~/.keras/datasets (or "
+                            "$KERAS_HOME/datasets) is writable with ~350 MB free, delete its cifar-10-batches-py* "
+                            f"and run again, or set data to the path of {_WHAT_TO_PASS} ({type(exc).__name__}: "
+                            f"{message})", parameter="data") from None
 

@@ -90,8 +90,8 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
         make_shapes_dataset(data_dir, per_class=per_class, size=config.image_size, seed=seed)
         new_images = make_shape_images(new_dir, n_new, size=config.image_size, seed=seed + 1)
     except OSError as exc:
-        raise GearfeatError(f"cannot draw the demo images in {out}: {exc.strerror or exc}; pass another "
-                            "--out folder") from None
+        raise GearfeatError(f"out {out}: cannot draw the demo images there ({exc.strerror or exc}); pass another "
+                            "folder", parameter="out") from None
 
     config, note = _usable_weights(config)
     result = train(data_dir, out / "transfer", config=config, head=head, split=SplitConfig(seed=seed),
@@ -112,7 +112,7 @@ def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagen
 def _usable_weights(config: ExtractorConfig) -> tuple[ExtractorConfig, str | None]:
     """``config``, or a copy with random weights when the ImageNet download fails; and what to tell the reader."""
     if config.weights is None:
-        logger.info("backbone weights: random initialization (--weights none); features are not pretrained")
+        logger.info("backbone weights: random initialization; features are not pretrained")
         return config, None
     if config.weights != "imagenet":
         return config, None
@@ -136,4 +136,4 @@ def _check_generated(folder: Path, allowed: Callable[[str], bool]) -> None:
                      if not allowed(name))
     if foreign:
         raise GearfeatError(f"{folder} already holds files the demo did not draw with these settings (e.g. "
-                            f"{foreign[0]}); pass a new --out folder or delete {folder}")
+                            f"{foreign[0]}); pass another out, or delete {folder}", parameter="out")

@@ -81,8 +81,8 @@ def _check_classes(run_dir: Path, recorded: list[str], found: list[str], data_di
     differ = "; ".join(f"{what}: {', '.join(names)}" for what, names in changes.items() if names)
     differ = differ or "same names in another order"
     raise GearfeatError(f"{data_dir} has classes {', '.join(found)} but {run_dir} was trained on "
-                        f"{', '.join(recorded)} ({differ}); point --data-dir at the folder the run was "
-                        "trained on")
+                        f"{', '.join(recorded)} ({differ}); set data_dir to the folder the run was trained on",
+                        parameter="data_dir")
 
 
 def finetune(run_dir: str | os.PathLike, out: str | os.PathLike, *, unfreeze: int,
