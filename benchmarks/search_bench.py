@@ -22,6 +22,8 @@ stitching and writing the run folder), in the default backend (stacks of heads i
   and alone follow the same arithmetic up to float rounding; the top 3 alone at the next seed shows how much
   seed noise alone moves it, and the accuracy the stacked top 3 reach alone tells whether picking by the
   stacked scores costs anything;
+* one stack of the default space's largest shape (24 heads of [512], batch 64) with the dropout masks Keras
+  draws and with masks from a NumPy stream, as stacks drew them before: what training as alone costs;
 * the 6 baseline trials in 2 joblib threads against 2 loky processes (their start-up included), which the
   ``local`` backend's choice of threads rests on.
 
@@ -154,12 +156,17 @@ def main() -> int:
     agreement = alone_agreement(extraction, parts, small["trials"], args.seed)
     pools = None if args.quick else baseline_pools(
         extraction, parts, [t["params"] for t in whole["trials"] if t["model"] != "dense"], args.seed)
+    masks = None if args.quick else mask_cost(extraction, parts, args.seed)
     train = walls["train"]
     diffs, noise, tops = agreement["diffs"], agreement["seed_diffs"], agreement["tops"]
     if pools:
         print(f"baseline trials ({len(pools['threads'][1])}): 2 threads {pools['threads'][0]:.2f} s, 2 loky "
               f"processes {pools['processes'][0]:.2f} s: "
               f"{'threads' if pools['threads'][0] <= pools['processes'][0] else 'processes'} faster")
+    if masks:
+        print(f"one stack of 24 heads [512], batch 64, on one thread: {masks['keras']:.1f} s with the masks Keras draws, "
+              f"{masks['numpy']:.1f} s with NumPy's stream ({masks['keras'] / masks['numpy']:.2f}x: what training as "
+              f"alone costs)")
     for name, top in tops.items():
         print(f"top 3 {name}: " + ", ".join(f"trial {i} {a:.4f}" for i, a in top))
     print(f"the stacked top 3 trained alone: mean validation accuracy {agreement['picked']:.4f}, the alone top 3 "
@@ -243,6 +250,51 @@ def baseline_pools(extraction, parts, configurations: list[dict], seed: int) -> 
         if backend == "loky":  # its workers leave now, not while the rest of the benchmark runs
             get_reusable_executor().shutdown(wait=True)
     return result
+
+
+def mask_cost(extraction, parts, seed: int, rounds: int = 2) -> dict:
+    """What drawing the dropout masks as Keras does costs: one stack of the default space's 24 heads of
+    ``hidden`` [512] and batch 64 (its largest shape) trained on one BLAS thread, with the library's masks and
+    with masks from a NumPy stream per head and layer (how stacks drew them before), alternating: the median
+    seconds of each."""
+    import itertools
+
+    from threadpoolctl import threadpool_limits
+
+    from gearfeat.models import stacked
+    from gearfeat.models.heads import DenseHead
+
+    X, y = extraction.features, extraction.dataset.labels
+    heads = [DenseHead(hidden=[512], dropout=d, l2=l2, batch_norm=bn, learning_rate=lr, batch_size=64, epochs=60,
+                       patience=5, seed=seed)
+             for d, l2, bn, lr in itertools.product([0.2, 0.5], [0.0, 1e-4], [False, True], [3e-4, 1e-3, 3e-3])]
+    keras_masks = stacked._Training._dropout_mask
+
+    def numpy_masks(self, active, layer, rates, b, units):
+        if not rates.any():
+            return None
+        streams = self.__dict__.setdefault("streams", {})
+        mask = np.ones((b, len(active), units), np.float32)
+        for j, i in enumerate(active):
+            if rates[j]:
+                rng = streams.setdefault((i, layer), np.random.default_rng([int(self.stack.heads[i].seed), layer]))
+                np.multiply(rng.random((b, units), dtype=np.float32) >= rates[j], np.float32(1 / (1 - rates[j])),
+                            out=mask[:, j])
+        return mask
+
+    times = {"keras": [], "numpy": []}
+    try:
+        with threadpool_limits(1):
+            for _ in range(rounds):
+                for name, masks in (("keras", keras_masks), ("numpy", numpy_masks)):
+                    stacked._Training._dropout_mask = masks
+                    start = time.perf_counter()
+                    stacked.StackedHeads(heads).fit(X[parts["train"]], y[parts["train"]], classes=range(
+                        len(extraction.dataset.class_names)), validation_data=(X[parts["val"]], y[parts["val"]]))
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        stacked._Training._dropout_mask = keras_masks
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 class NaiveTimer:
