@@ -23,6 +23,7 @@ CONFIGS = [  # the arithmetic of DenseHead.fit exactly, dropout masks included: 
     dict(hidden=(12,), dropout=0.0, l2=1e-4, batch_norm=True, learning_rate=3e-3, patience=0, seed=4),
     dict(hidden=(12,), dropout=0.5, l2=1e-4, batch_norm=False, learning_rate=3e-3, patience=3, seed=1),
     dict(hidden=(12,), dropout=0.2, l2=0.0, batch_norm=True, learning_rate=1e-2, patience=2, seed=2),
+    dict(hidden=(12,), dropout=0.3, l2=0.0, batch_norm=False, learning_rate=3e-3, patience=3, seed=1),  # seed 1's numbers
 ]
 
 

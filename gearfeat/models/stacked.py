@@ -42,6 +42,7 @@ _BN_EPSILON, _BN_MOMENTUM = 1e-3, 0.99  # Keras BatchNormalization's defaults, w
 _BETA_1, _BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras Adam's defaults, which DenseHead uses
 _CLIP = 1e-7  # Keras's epsilon: validation probabilities are clipped to [_CLIP, 1 - _CLIP] (its cross-entropy)
 _BLOCK = 1 << 17  # elements per block of the Adam update: a block's arrays stay in the caches
+_DRAWN_STEPS = 16  # training steps of dropout numbers drawn per call
 
 
 def stack_key(head: DenseHead) -> tuple:
@@ -257,6 +258,7 @@ class _Training:
         self.orders = {} if self.streamed else {seed: _permutations(len(X), seed, int(self.epochs.max()))
                                                 for seed in {int(h.seed) for h in heads}}
         self.iterations = 0
+        self.drawn: dict[int, tuple[int, np.ndarray]] = {}  # a Dropout seed -> (first step, its numbers from there)
         self.scratch = np.empty(_BLOCK, np.float32)  # Adam's temporary, one block
 
     def run(self) -> None:
@@ -428,12 +430,25 @@ class _Training:
             return None
         mask = np.ones((b, len(active), units), np.float32)
         dropping = np.flatnonzero(rates)
-        drawn = _dropout_uniforms((b, units), [self.dropout_seeds[active[j]][layer] for j in dropping],
-                                  self.iterations)
-        for j, u in zip(dropping, drawn):
-            rate = float(self.stack.heads[active[j]].dropout)
+        # heads of one seed share their layers' seeds, hence their numbers (a search's heads all do): drawn once
+        seeds, which = np.unique([self.dropout_seeds[active[j]][layer] for j in dropping], return_inverse=True)
+        drawn = [self._uniforms(int(seed), units)[:b] for seed in seeds]
+        for j, k in zip(dropping, which):
+            rate, u = float(self.stack.heads[active[j]].dropout), drawn[k]
             np.multiply(u >= np.float32(rate), np.float32(1 / (1 - rate)), out=mask[:, j])
         return mask
+
+    def _uniforms(self, seed: int, units: int) -> np.ndarray:
+        """The numbers of a ``Dropout(seed=seed)`` layer at this step, (batch_size, units) (a smaller last batch
+        takes the first rows: the stateless stream fills a shape in order); drawn for _DRAWN_STEPS steps at once,
+        since a call costs about a millisecond whatever its size here."""
+        start, block = self.drawn.get(seed, (None, None))
+        step = self.iterations
+        if start is None or not start <= step < start + len(block):
+            block = _dropout_uniforms((self.batch_size, units), [seed], range(step, step + _DRAWN_STEPS))[0]
+            start = step
+            self.drawn[seed] = (start, block)
+        return block[step - start]
 
     def _adam(self, grads: list[np.ndarray]) -> None:
         """Keras's Adam on every trainable array, each head with its own learning rate; the L2 gradient
@@ -490,21 +505,21 @@ def _adam_block(param, m, v, g, rate, decay, scratch) -> None:
     param -= g
 
 
-def _dropout_uniforms(shape: tuple[int, int], seeds: Sequence[int], step: int) -> np.ndarray:
-    """The uniform numbers Keras ``Dropout(seed=s)`` layers draw at training step ``step`` (0-based), for each
-    ``s`` of ``seeds``: (len(seeds), *shape). A layer's seed generator state ``[s, step]`` (int64, folded into
-    int32 as Keras's TensorFlow backend folds it) seeds ``tf.random.stateless_uniform``; a unit is kept where
-    its number is at least the rate."""
+def _dropout_uniforms(shape: tuple[int, int], seeds: Sequence[int], steps: Sequence[int]) -> np.ndarray:
+    """The uniform numbers Keras ``Dropout(seed=s)`` layers draw at training steps ``steps`` (0-based), for each
+    ``s`` of ``seeds``: (len(seeds), len(steps), *shape). A layer's seed generator state ``[s, step]`` (int64,
+    folded into int32 as Keras's TensorFlow backend folds it) seeds ``tf.random.stateless_uniform``; a unit is
+    kept where its number is at least the rate."""
     import tensorflow as tf
 
-    states = np.mod([[seed, step] for seed in seeds], np.iinfo(np.int32).max - 1).astype(np.int32)
-    return _stateless_uniforms()(tf.constant(states), tf.constant(shape, tf.int32)).numpy()
+    states = np.mod([[seed, step] for seed in seeds for step in steps], np.iinfo(np.int32).max - 1).astype(np.int32)
+    drawn = _stateless_uniforms()(tf.constant(states), tf.constant(shape, tf.int32)).numpy()
+    return drawn.reshape(len(seeds), len(steps), *shape)
 
 
 @functools.cache
 def _stateless_uniforms():
-    """One graph that draws ``tf.random.stateless_uniform(shape)`` for each seed state (one call per step for
-    every head, traced once: eager calls cost about a millisecond each)."""
+    """One graph that draws ``tf.random.stateless_uniform(shape)`` for each seed state, traced once."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([2], tf.int32)])
