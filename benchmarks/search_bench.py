@@ -164,9 +164,12 @@ def main() -> int:
               f"processes {pools['processes'][0]:.2f} s: "
               f"{'threads' if pools['threads'][0] <= pools['processes'][0] else 'processes'} faster")
     if masks:
-        print(f"one stack of 24 heads [512], batch 64, on one thread: {masks['keras']:.1f} s with the masks Keras draws, "
-              f"{masks['numpy']:.1f} s with NumPy's stream ({masks['keras'] / masks['numpy']:.2f}x: what training as "
-              f"alone costs)")
+        for name, label in (("keras", "the masks Keras draws"), ("numpy", "a NumPy stream per head")):
+            seconds, epochs, drawing, per_epoch = masks[name]
+            print(f"one stack of 24 heads [512], batch 64, one thread, {label}: {seconds:.1f} s for {epochs:.0f} "
+                  f"head-epochs ({1000 * per_epoch:.0f} ms each), {drawing:.2f} s of it drawing masks")
+        print(f"  seconds per head-epoch, Keras's masks / NumPy's: {masks['keras'][3] / masks['numpy'][3]:.2f}x "
+              "(what training as alone costs)")
     for name, top in tops.items():
         print(f"top 3 {name}: " + ", ".join(f"trial {i} {a:.4f}" for i, a in top))
     print(f"the stacked top 3 trained alone: mean validation accuracy {agreement['picked']:.4f}, the alone top 3 "
@@ -255,8 +258,9 @@ def baseline_pools(extraction, parts, configurations: list[dict], seed: int) -> 
 def mask_cost(extraction, parts, seed: int, rounds: int = 2) -> dict:
     """What drawing the dropout masks as Keras does costs: one stack of the default space's 24 heads of
     ``hidden`` [512] and batch 64 (its largest shape) trained on one BLAS thread, with the library's masks and
-    with masks from a NumPy stream per head and layer (how stacks drew them before), alternating: the median
-    seconds of each."""
+    with masks from a NumPy stream per head and layer (how stacks drew them before), alternating. Other masks
+    stop the heads at other epochs, so the whole fits do different work: each side's median ``fit`` seconds,
+    head-epochs (summed over the heads) and seconds spent drawing masks, and seconds per head-epoch."""
     import itertools
 
     from threadpoolctl import threadpool_limits
@@ -282,19 +286,32 @@ def mask_cost(extraction, parts, seed: int, rounds: int = 2) -> dict:
                             out=mask[:, j])
         return mask
 
-    times = {"keras": [], "numpy": []}
+    def timed(masks, spent: list):
+        def draw(*args):
+            start = time.perf_counter()
+            try:
+                return masks(*args)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return draw
+
+    runs: dict[str, list] = {"keras": [], "numpy": []}
     try:
         with threadpool_limits(1):
             for _ in range(rounds):
                 for name, masks in (("keras", keras_masks), ("numpy", numpy_masks)):
-                    stacked._Training._dropout_mask = masks
+                    spent = [0.0]
+                    stacked._Training._dropout_mask = timed(masks, spent)
                     start = time.perf_counter()
-                    stacked.StackedHeads(heads).fit(X[parts["train"]], y[parts["train"]], classes=range(
-                        len(extraction.dataset.class_names)), validation_data=(X[parts["val"]], y[parts["val"]]))
-                    times[name].append(time.perf_counter() - start)
+                    fitted = stacked.StackedHeads(heads).fit(
+                        X[parts["train"]], y[parts["train"]], classes=range(len(extraction.dataset.class_names)),
+                        validation_data=(X[parts["val"]], y[parts["val"]]))
+                    seconds = time.perf_counter() - start
+                    epochs = sum(len(h["loss"]) for h in fitted.histories_)
+                    runs[name].append((seconds, epochs, spent[0], seconds / epochs))
     finally:
         stacked._Training._dropout_mask = keras_masks
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: [float(np.median(column)) for column in zip(*rows)] for name, rows in runs.items()}
 
 
 class NaiveTimer:
