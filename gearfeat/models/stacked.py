@@ -4,9 +4,8 @@
 sizes and batch size as one model. Each head keeps what makes it itself: its learning rate, dropout rate, L2
 factor, batch-norm switch and seed (its initial weights are the ones ``DenseHead.build`` draws, its batches the
 ones ``DenseHead.fit`` draws from the same seed, its dropout masks the ones its Keras ``Dropout`` layers draw),
-and its own early stopping
-on the validation loss with its best epoch's weights kept. A head that stops leaves the stack at the end of that
-epoch, so the others go on without paying for it. :meth:`StackedHeads.head` slices one head out into an ordinary
+and its own early stopping on the validation loss with its best epoch's weights kept. A head that stops leaves
+the stack at the end of that epoch, so the others go on without paying for it. :meth:`StackedHeads.head` slices one head out into an ordinary
 fitted ``DenseHead``.
 
 The arithmetic is numpy's: the first layer of every head is one matrix product of the batch with the stacked
