@@ -53,10 +53,10 @@ def is_real(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real)
 
 
-def check_seed(seed: object) -> None:
-    """Raise an InvalidArgumentError naming ``seed`` unless it is an integer in [0, 2**32 - 1]."""
+def check_seed(seed: object, name: str = "seed") -> None:
+    """Raise an InvalidArgumentError naming the parameter ``name`` unless ``seed`` is an integer in [0, 2**32 - 1]."""
     if not is_int(seed, 0) or seed > MAX_SEED:
-        raise InvalidArgumentError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}", parameter="seed")
+        raise InvalidArgumentError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}", parameter=name)
 
 
 class ImageError(GearfeatError):

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .._internal.errors import MAX_SEED, GearfeatError, first_line, is_int
+from .._internal.errors import GearfeatError, check_seed, first_line, is_int
 
 #: The default augmentation: left-right flips, small rotations, zooms and shifts (filled with white).
 DEFAULT_AUGMENT = "flip,rotation:0.05,zoom:0.15,translation:0.1"
@@ -172,9 +172,7 @@ class AugmentConfig:
         if not is_int(self.views, 0):
             raise GearfeatError(f"AugmentConfig views must be an integer >= 0, got {self.views!r}",
                                 parameter="AugmentConfig views")
-        if not is_int(self.seed, 0) or self.seed > MAX_SEED:
-            raise GearfeatError(f"AugmentConfig seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}",
-                                parameter="AugmentConfig seed")
+        check_seed(self.seed, "AugmentConfig seed")
         layers = parse_layers(self.spec, augment=True)
         if self.views and not layers:
             raise GearfeatError(f"AugmentConfig views {self.views} needs augmentation layers; AugmentConfig spec is "

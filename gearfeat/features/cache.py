@@ -267,7 +267,7 @@ class FeatureCache:
         :data:`_READ_BYTES` at a time; False if not possible (a row fails its digest, or a read or write fails)."""
         try:
             with h5py.File(self.path, "r") as old, atomic_path(self.path) as tmp:
-                span = max(1, _READ_BYTES // max(4 * int(old["features"].shape[1]), 1))
+                span = _rows_per_window(_READ_BYTES, int(old["features"].shape[1]))
                 for start in range(0, max(self.n_rows, 1), span):  # one window at least: an empty file is a file
                     stop = min(start + span, self.n_rows)
                     columns = {key: old[key][start:stop] for key in _COLUMNS}
@@ -453,7 +453,7 @@ class FeatureRows:
 
     def _span(self, window_bytes: int | None) -> int:
         """Rows in a window of ``window_bytes`` (None: the view's)."""
-        return max(1, (self.window_bytes if window_bytes is None else window_bytes) // max(4 * self.dim, 1))
+        return _rows_per_window(self.window_bytes if window_bytes is None else window_bytes, self.dim)
 
     def _check(self, positions: np.ndarray, block: np.ndarray) -> None:
         fresh = ~self._checked[positions]
@@ -484,6 +484,11 @@ def _locked(path: Path, *, write: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _rows_per_window(window_bytes: int, dim: int) -> int:
+    """How many float32 rows of ``dim`` features one read of ``window_bytes`` holds (at least one)."""
+    return max(1, window_bytes // max(4 * dim, 1))
 
 
 def _no_space(exc: BaseException) -> bool:

@@ -26,7 +26,7 @@ import tensorflow as tf
 from .._internal.errors import GearfeatError, ImageError, is_int, is_real
 from .._internal.progress import Progress
 from .._version import __version__
-from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, split_dataset, write_skipped
+from ..data.dataset import Dataset, Skipped, SplitConfig, scan_dataset, write_skipped
 from ..data.images import STANDARDIZE_VERSION, check_image_size, decode_image, decoded_batches
 from ..data.labels import LabelFile
 from .augment import AugmentConfig, augmenter as augmenter_of, view_key
@@ -474,10 +474,7 @@ def extract_dataset(data_dir: str | os.PathLike, config: ExtractorConfig, *,
     logger.info(f"cache {extraction.cache_path}: {extraction.computed} images computed, {extraction.reused} "
                 f"reused, {len(extraction.skipped)} skipped ({extraction.seconds:.1f} s)")
     if augment is not None and augment.views:
-        split = split or SplitConfig()
-        parts = split_dataset(extraction.dataset, val_fraction=split.val_fraction,
-                              test_fraction=split.test_fraction, seed=split.seed)
-        add_views(extraction, parts["train"], augment, cache_dir)
+        add_views(extraction, (split or SplitConfig()).parts(extraction.dataset)["train"], augment, cache_dir)
     return extraction
 
 

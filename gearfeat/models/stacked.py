@@ -257,7 +257,7 @@ class _Training:
         self.orders = {} if self.streamed else {seed: _permutations(len(X), seed, int(self.epochs.max()))
                                                 for seed in {int(h.seed) for h in heads}}
         self.iterations = 0
-        self.drawn: dict[int, tuple[int, np.ndarray]] = {}  # a Dropout seed -> (first step, its numbers from there)
+        self.drawn: dict[tuple[int, int], tuple[int, np.ndarray]] = {}  # (Dropout seed, units) -> (first step, numbers)
         self.scratch = np.empty(_BLOCK, np.float32)  # Adam's temporary, one block
 
     def run(self) -> None:
@@ -441,12 +441,12 @@ class _Training:
         """The numbers of a ``Dropout(seed=seed)`` layer at this step, (batch_size, units) (a smaller last batch
         takes the first rows: the stateless stream fills a shape in order); drawn for _DRAWN_STEPS steps at once,
         since a call costs about a millisecond whatever its size here."""
-        start, block = self.drawn.get(seed, (None, None))
+        start, block = self.drawn.get((seed, units), (None, None))
         step = self.iterations
         if start is None or not start <= step < start + len(block):
             block = _dropout_uniforms((self.batch_size, units), [seed], range(step, step + _DRAWN_STEPS))[0]
             start = step
-            self.drawn[seed] = (start, block)
+            self.drawn[seed, units] = (start, block)
         return block[step - start]
 
     def _adam(self, grads: list[np.ndarray]) -> None:

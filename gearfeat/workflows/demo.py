@@ -19,7 +19,7 @@ from ..data.dataset import SplitConfig
 from ..data.synthetic import SHAPES, make_shape_images, make_shapes_dataset
 from ..features.backbones import create_backbone
 from ..features.extractor import ExtractorConfig
-from ..models.baseline import BASELINE_FILE
+from ..models.baseline import BASELINE_FILE, Baseline
 from ..models.heads import Head
 from ..outputs.report import write_report
 from .predict import Prediction, predict_images
@@ -62,7 +62,7 @@ class DemoResult:
 
 
 def run_demo(out: str | os.PathLike, weights: str | os.PathLike | None = "imagenet", *,
-             config: ExtractorConfig | None = None, head: Head | None = None, baseline: str = "logreg",
+             config: ExtractorConfig | None = None, head: Head | None = None, baseline: Baseline = "logreg",
              baseline_c: float = 1.0, per_class: int = PER_CLASS, n_new: int = NEW_IMAGES, seed: int = 0,
              cache_dir: str | os.PathLike | None = None, progress: bool = True) -> DemoResult:
     """Generate the shapes dataset under ``out/data`` and run the whole workflow on it.
